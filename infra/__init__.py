@@ -1,0 +1,1 @@
+"""Operations: the embedded broker launcher, Kafka client settings, and compatibility shims."""

@@ -1,0 +1,69 @@
+"""The `Scorer` interface every forecaster implements (baselines, TRAIL in torch, TRAIL in ONNX Runtime),
+and the default stream scorer: velocity + acceleration with a template explanation.
+
+A scorer turns a `FeatureBatch` into next-bucket count forecasts and, for the items it is asked about,
+one-or-two-sentence explanations citing only numbers from the batch's signals. Ranking is by forecast.
+No Kafka here.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from models.features import FeatureBatch
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    name: str
+    version: str
+    sha256: str
+
+    def forecast(self, batch: FeatureBatch) -> np.ndarray:
+        """Forecast next-bucket counts (float64 [n], >= 0) from data before the boundary only."""
+        ...
+
+    def explain(self, batch: FeatureBatch, forecast: np.ndarray, index: np.ndarray) -> list[str]:
+        """Explanations for rows `index` of the batch, consistent with `forecast`."""
+        ...
+
+
+def direction_of(forecast: float, last_count: float, tolerance: float = 0.05) -> str:
+    """'rising', 'falling' or 'steady': the forecast against the last bucket, with a relative tolerance."""
+    if forecast > last_count * (1 + tolerance) and forecast - last_count >= 0.5:
+        return "rising"
+    if forecast < last_count * (1 - tolerance) and last_count - forecast >= 0.5:
+        return "falling"
+    return "steady"
+
+
+def template_explanation(signals: dict[str, float], forecast: float, bucket_s: int) -> str:
+    """A grounded sentence from the signals, agreeing with the forecast's direction."""
+    period = "week" if bucket_s == 7 * 86_400 else "day" if bucket_s == 86_400 else f"{bucket_s}s period"
+    last, prev = signals["last_count"], signals["prev_count"]
+    direction = direction_of(forecast, last)
+    change = f"{signals['growth_pct']:+.1f}%"
+    if direction == "rising":
+        head = f"Rising: {last:g} interactions in the last {period} ({change} on the {period} before, {prev:g})"
+    elif direction == "falling":
+        head = f"Falling: {last:g} interactions in the last {period} ({change} on the {period} before, {prev:g})"
+    else:
+        head = f"Steady: {last:g} interactions in the last {period}, against {prev:g} the {period} before"
+    return f"{head}; expected about {forecast:.1f} next {period}."
+
+
+class VelocityScorer:
+    """Baseline: next = last + velocity + acceleration / 2, clipped at 0 (TrendRec-style)."""
+
+    name = "velocity-baseline"
+    version = "1"
+    sha256 = ""
+
+    def forecast(self, batch: FeatureBatch) -> np.ndarray:
+        s = batch.signals
+        return np.maximum(0.0, s["last_count"] + s["velocity"] + 0.5 * s["acceleration"])
+
+    def explain(self, batch: FeatureBatch, forecast: np.ndarray, index: np.ndarray) -> list[str]:
+        return [template_explanation(batch.signals_of(i), float(forecast[i]), batch.spec.bucket_s) for i in index]

@@ -1,0 +1,1 @@
+"""Streaming side of TRAIL: the Faust app, agents, window state and the scoring loop."""
