@@ -47,7 +47,8 @@ class KafkaSettings:
         if "SSL" in protocol:
             context = ssl.create_default_context(cafile=self.extra.get("ssl.ca.location"))
             if self.extra.get("ssl.certificate.location"):
-                context.load_cert_chain(self.extra["ssl.certificate.location"], self.extra.get("ssl.key.location"))
+                context.load_cert_chain(self.extra["ssl.certificate.location"],
+                                        self.extra.get("ssl.key.location"))
         if "SASL" in protocol:
             return faust.SASLCredentials(
                 username=self.extra.get("sasl.username"),
