@@ -14,6 +14,8 @@ $(BIN)/trail: pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/pip install -q --no-deps $(NODEPS_WHEELS)
+	# S3 emulator for `trail broker --storage s3` (durable embedded broker; keeps data on disk)
+	npm install --silent --no-audit --no-fund --prefix $(VENV)/s3rver s3rver@3.7.1
 	touch $(BIN)/trail
 
 install: $(BIN)/trail
