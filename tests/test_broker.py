@@ -1,0 +1,173 @@
+"""The embedded broker over real TCP: readiness, errors, the `trail broker` CLI, durable s3 storage."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from infra import broker as broker_mod
+from infra import procs
+from infra.admin import TopicSpec, ensure_topics
+from infra.broker import BrokerError, EmbeddedBroker, PortInUseError, answers_metadata, read_state
+from infra.kafka_config import KafkaSettings
+
+pytestmark = pytest.mark.broker
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes], partition: int = 0) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for value in values:
+        producer.produce(topic, value=value, partition=partition)
+    assert producer.flush(10) == 0
+
+
+def consume_all(bootstrap: str, topic: str, partition: int = 0, group: str = "reader",
+                commit_after: int | None = None) -> list[bytes]:
+    """Read a partition from its committed offset (else the start) until it stays quiet for a second."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest"})
+    consumer.assign([TopicPartition(topic, partition)])
+    try:
+        values = []
+        while (message := consumer.poll(1.0)) is not None:
+            assert message.error() is None, message.error()
+            values.append(message.value())
+            if commit_after is not None and len(values) == commit_after:
+                consumer.commit(message=message, asynchronous=False)
+        return values
+    finally:
+        consumer.close()
+
+
+def committed_offset(bootstrap: str, topic: str, group: str, partition: int = 0) -> int:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        return consumer.committed([TopicPartition(topic, partition)], timeout=10)[0].offset
+    finally:
+        consumer.close()
+
+
+def trail(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "streams.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_session_broker_round_trip(broker, unique_topic):
+    topic = unique_topic()
+    produce(broker, topic, [b"a", b"b", b"c"])
+    assert consume_all(broker, topic) == [b"a", b"b", b"c"]
+
+
+def test_start_stop_frees_port_and_process():
+    with EmbeddedBroker() as embedded:
+        pid, port = embedded.process.pid, embedded.port
+        assert embedded.bootstrap == f"127.0.0.1:{port}"
+        assert answers_metadata(embedded.bootstrap) == broker_mod.CLUSTER_ID
+    assert procs.process_start_time(pid) is None
+    assert not procs.port_in_use("127.0.0.1", port)
+
+
+def test_port_taken_is_a_clear_error():
+    with socket.create_server(("127.0.0.1", 0)) as squatter:
+        port = squatter.getsockname()[1]
+        with pytest.raises(PortInUseError, match=f"127.0.0.1:{port} is already in use"):
+            EmbeddedBroker(port).start()
+
+
+def test_port_taken_after_the_check_is_reported_from_tansu_output(monkeypatch):
+    """A port grabbed between the check and the launch: tansu exits at once; its error is reported."""
+    monkeypatch.setattr(procs, "port_in_use", lambda host, port: False)
+    with socket.create_server(("127.0.0.1", 0)) as squatter:
+        port = squatter.getsockname()[1]
+        with pytest.raises(PortInUseError, match="AddrInUse"):
+            EmbeddedBroker(port).start()
+
+
+def test_quick_exit_of_tansu_reports_its_stderr():
+    class BadStorage(EmbeddedBroker):
+        def _argv(self, binary):
+            return [*super()._argv(binary)[:-1], "file:///nowhere"]   # an engine not compiled in
+
+    with pytest.raises(BrokerError, match="UnsupportedStorageUrl"):
+        BadStorage().start()
+
+
+def test_cli_detach_status_stop(tmp_path):
+    pid_file = tmp_path / "broker.pid"
+    started = trail("broker", "--port", "0", "--detach", "--pid-file", str(pid_file))
+    assert started.returncode == 0, started.stderr
+    state = read_state(pid_file)
+    try:
+        assert state.storage == "memory" and state.host == "127.0.0.1"
+        assert answers_metadata(state.bootstrap) == broker_mod.CLUSTER_ID
+        status = trail("broker", "status", "--pid-file", str(pid_file))
+        assert status.returncode == 0 and state.bootstrap in status.stdout
+        again = trail("broker", "--port", "0", "--detach", "--pid-file", str(pid_file))
+        assert again.returncode == 1 and "already running" in again.stderr
+    finally:
+        stopped = trail("broker", "stop", "--pid-file", str(pid_file))
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    assert not pid_file.exists()
+    assert not broker_mod.is_running(state)
+    assert trail("broker", "status", "--pid-file", str(pid_file)).returncode == 1
+
+
+def test_cli_port_taken_exits_with_message(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as squatter:
+        port = squatter.getsockname()[1]
+        result = trail("broker", "--port", str(port), "--detach", "--pid-file", str(tmp_path / "b.pid"))
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port} is already in use" in result.stderr
+
+
+def test_cli_foreground_stops_cleanly_on_ctrl_c(tmp_path):
+    pid_file = tmp_path / "broker.pid"
+    launcher = subprocess.Popen([sys.executable, "-m", "streams.cli", "broker", "--port", "0",
+                                 "--pid-file", str(pid_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert "broker ready on" in launcher.stdout.readline()
+        state = read_state(pid_file)
+        assert answers_metadata(state.bootstrap) == broker_mod.CLUSTER_ID
+        launcher.send_signal(signal.SIGINT)
+        assert launcher.wait(20) == 0
+    finally:
+        procs.stop_child(launcher)
+    assert not broker_mod.is_running(state)
+    assert not pid_file.exists()
+
+
+def test_durable_s3_storage_keeps_topics_records_and_offsets_across_restart(tmp_path, unique_topic):
+    """`trail broker --storage s3 --detach`, produce, stop broker and emulator, start again: all there."""
+    pid_file, data_dir, topic = tmp_path / "broker.pid", tmp_path / "s3", unique_topic("durable")
+    start = ["broker", "--port", "0", "--detach", "--storage", "s3", "--data-dir", str(data_dir),
+             "--pid-file", str(pid_file)]
+    values = [f"record-{i}".encode() for i in range(50)]
+
+    assert trail(*start).returncode == 0
+    first = read_state(pid_file)
+    try:
+        ensure_topics(KafkaSettings(first.bootstrap, {}), {topic: TopicSpec(partitions=2)})
+        produce(first.bootstrap, topic, values)
+        assert len(consume_all(first.bootstrap, topic, group="g", commit_after=20)) == 50
+    finally:
+        assert trail("broker", "stop", "--pid-file", str(pid_file)).returncode == 0
+    assert not procs.is_same_process(first.pid, first.started)
+    assert not procs.is_same_process(first.s3_pid, first.s3_started)
+
+    assert trail(*start).returncode == 0
+    second = read_state(pid_file)
+    try:
+        assert second.port != first.port or second.pid != first.pid
+        assert ensure_topics(KafkaSettings(second.bootstrap, {}), {topic: TopicSpec(partitions=2)}) == []
+        assert consume_all(second.bootstrap, topic, group="fresh") == values
+        assert committed_offset(second.bootstrap, topic, group="g") == 20
+    finally:
+        assert trail("broker", "stop", "--pid-file", str(pid_file)).returncode == 0
+    assert any(data_dir.rglob("*")), "the emulator kept nothing on disk"
