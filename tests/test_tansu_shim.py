@@ -1,0 +1,111 @@
+"""The end-offset fix over a real tansu: faust's consumer thread reports true end offsets only with it.
+
+Tansu answers ListOffsets(LATEST) with "base offset of the last batch + 1", so after batches of 10
+records a partition holding 30 records reports 21 without the fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import faust
+import pytest
+from confluent_kafka import Producer
+from faust.types import TP
+
+from infra import tansu_shim
+from infra.admin import TopicSpec, ensure_topics
+from infra.broker import EmbeddedBroker
+from infra.kafka_config import KafkaSettings
+
+pytestmark = pytest.mark.broker
+
+BATCHES, BATCH_SIZE = 3, 10          # 30 records per partition; the last batch starts at offset 20
+
+
+@pytest.fixture
+def batched_topic(broker, unique_topic) -> str:
+    """Partitions 0 and 1 hold 30 records in 10-record batches; partition 2 is empty."""
+    topic = unique_topic("changelog")
+    ensure_topics(KafkaSettings(broker, {}), {topic: TopicSpec(partitions=3)})
+    producer = Producer({"bootstrap.servers": broker, "linger.ms": 1000})
+    for _ in range(BATCHES):
+        for partition in (0, 1):
+            for i in range(BATCH_SIZE):
+                producer.produce(topic, value=b"%d" % i, partition=partition)
+        assert producer.flush(10) == 0           # one multi-record batch per partition
+    return topic
+
+
+@pytest.fixture
+def no_fix():
+    """Run the test with faust unpatched, and leave it unpatched afterwards."""
+    tansu_shim.uninstall_end_offset_fix()
+    yield
+    tansu_shim.uninstall_end_offset_fix()
+
+
+async def faust_highwaters(bootstrap: str, topic: str) -> dict[int, int]:
+    """End offsets as a faust worker's consumer thread reports them (the changelog high-waters)."""
+    app = faust.App("tansu-shim-test", broker=f"kafka://{bootstrap}")
+    thread = app.consumer._thread
+    await thread.start()
+    try:
+        highwaters = await app.consumer.highwaters(*(TP(topic, p) for p in range(3)))
+    finally:
+        await thread.stop()
+    return {tp.partition: offset for tp, offset in highwaters.items()}
+
+
+def test_without_fix_tansu_end_offsets_are_wrong(broker, batched_topic, no_fix):
+    """Pins the tansu bug: if this starts failing, tansu was fixed and the shim can go."""
+    assert asyncio.run(faust_highwaters(broker, batched_topic)) == {0: 21, 1: 21, 2: 0}
+
+
+def test_with_fix_end_offsets_are_true_counts(broker, batched_topic, no_fix):
+    tansu_shim.install_end_offset_fix()
+    assert asyncio.run(faust_highwaters(broker, batched_topic)) == {0: 30, 1: 30, 2: 0}
+
+
+def test_install_is_idempotent_and_reversible(no_fix):
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    original = AIOKafkaConsumerThread._highwaters
+    tansu_shim.install_end_offset_fix()
+    patched = AIOKafkaConsumerThread._highwaters
+    tansu_shim.install_end_offset_fix()
+    assert AIOKafkaConsumerThread._highwaters is patched is not original
+    assert tansu_shim.end_offset_fix_installed()
+    tansu_shim.uninstall_end_offset_fix()
+    assert AIOKafkaConsumerThread._highwaters is original
+
+
+def test_auto_detects_the_embedded_broker(broker):
+    assert tansu_shim.should_apply_fix(broker, "auto")
+    assert tansu_shim.should_apply_fix(broker, "on")
+    assert not tansu_shim.should_apply_fix(broker, "off")
+
+
+def test_auto_is_off_for_a_cluster_with_a_kafka_cluster_id():
+    """Apache Kafka reports a random base64 UUID as its cluster id; auto must leave the fix off."""
+    with EmbeddedBroker(cluster_id="MkU3OEVBNTcwNTJENDM2Qk") as kafka_like:
+        assert not tansu_shim.should_apply_fix(kafka_like.bootstrap, "auto")
+        assert tansu_shim.should_apply_fix(kafka_like.bootstrap, "on")
+
+
+def test_auto_is_off_for_tls_or_sasl_settings_without_asking(broker):
+    assert not tansu_shim.should_apply_fix(broker, "auto", {"security.protocol": "SASL_SSL"})
+
+
+def test_auto_with_unreachable_broker_is_a_clear_error():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]                   # bound, not listening: connections are refused
+        with pytest.raises(tansu_shim.BrokerUnreachable, match="--embedded-broker-fix"):
+            tansu_shim.should_apply_fix(f"127.0.0.1:{port}", "auto", timeout=0.5)
+
+
+def test_unknown_mode_is_rejected(broker):
+    with pytest.raises(ValueError, match="auto, on, off"):
+        tansu_shim.should_apply_fix(broker, "maybe")
