@@ -138,14 +138,15 @@ class EmbeddedBroker:
 
     ``storage="s3"`` needs ``data_dir``: the S3 emulator keeps topics and committed offsets there, so
     a broker started later on the same directory sees them. Logs go to ``log_dir`` (default: a
-    temporary directory removed by ``stop()``). A ``cluster_id`` other than tansu's default makes
-    auto-detection (infra.tansu_shim) treat the broker as a real cluster; durable data is kept per
-    cluster id.
+    temporary directory removed by ``stop()``). The processes die with this one unless
+    ``outlive_parent`` (for ``--detach``; then ``detach()`` hands them over). A ``cluster_id``
+    other than tansu's default makes auto-detection (infra.tansu_shim) treat the broker as a real
+    cluster; durable data is kept per cluster id.
     """
 
     def __init__(self, port: int | None = None, *, host: str = "127.0.0.1", storage: str = "memory",
                  data_dir: str | Path | None = None, log_dir: str | Path | None = None,
-                 ready_timeout: float = 30.0, cluster_id: str = CLUSTER_ID):
+                 ready_timeout: float = 30.0, cluster_id: str = CLUSTER_ID, outlive_parent: bool = False):
         if storage not in STORAGES:
             raise BrokerError(f"unknown storage {storage!r}; choose one of {', '.join(STORAGES)}")
         if storage == "s3" and data_dir is None:
@@ -159,6 +160,7 @@ class EmbeddedBroker:
         self.log_dir = Path(log_dir).absolute() if log_dir is not None else None
         self.ready_timeout = ready_timeout
         self.cluster_id = cluster_id
+        self.outlive_parent = outlive_parent
         self.process: subprocess.Popen | None = None
         self.s3: S3Emulator | None = None
         self._temp_log_dir: Path | None = None
@@ -188,7 +190,8 @@ class EmbeddedBroker:
             self._temp_log_dir = self.log_dir = Path(tempfile.mkdtemp(prefix="trail-broker-"))
         try:
             env = {**os.environ, "NO_COLOR": "1", **self._start_storage()}
-            self.process = procs.spawn(self._argv(binary), self.log_path, env)
+            self.process = procs.spawn(self._argv(binary), self.log_path, env,
+                                       die_with_parent=not self.outlive_parent)
             self._wait_ready()
         except BaseException:
             self.stop()
@@ -200,7 +203,8 @@ class EmbeddedBroker:
         if self.storage != "s3":
             return {}
         self.s3 = S3Emulator(self.data_dir, host=self.host,
-                             log_path=self.log_dir / f"s3rver-{self.port}.log").start()
+                             log_path=self.log_dir / f"s3rver-{self.port}.log",
+                             outlive_parent=self.outlive_parent).start()
         return aws_env(self.s3.endpoint)
 
     def _argv(self, binary: Path) -> list[str]:
@@ -250,6 +254,8 @@ class EmbeddedBroker:
 
     def detach(self) -> BrokerState:
         """Leave the processes running after this object is gone; returns their state for a pid file."""
+        if not self.outlive_parent:
+            raise BrokerError("only a broker started with outlive_parent=True can be detached")
         state = self.state()
         self.process, self.s3, self._temp_log_dir = None, None, None
         return state

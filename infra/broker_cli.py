@@ -62,7 +62,8 @@ def _start(args: argparse.Namespace, pid_file: Path) -> int:
         raise broker.BrokerError("--data-dir applies to --storage s3 only")
     data_dir = (args.data_dir or DEFAULT_DATA_DIR) if args.storage == "s3" else None
     embedded = broker.EmbeddedBroker(args.port or None, host=args.host, storage=args.storage,
-                                     data_dir=data_dir, log_dir=pid_file.parent, ready_timeout=args.timeout)
+                                     data_dir=data_dir, log_dir=pid_file.parent, ready_timeout=args.timeout,
+                                     outlive_parent=args.detach)
     embedded.start()
     if args.detach:
         state = embedded.detach()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import errno
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -41,14 +43,29 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def spawn(argv: list[str], log_path: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen:
-    """Start ``argv`` in a new session (immune to the terminal's Ctrl-C and hang-up), output in a log."""
+def spawn(argv: list[str], log_path: Path, env: Mapping[str, str] | None = None,
+          die_with_parent: bool = True) -> subprocess.Popen:
+    """Start ``argv`` in a new session (immune to the terminal's Ctrl-C and hang-up), output in a log.
+
+    ``die_with_parent``: the child gets SIGTERM if this process dies without stopping it (a killed test
+    run leaves no broker behind); set False for children that must outlive us (``--detach``).
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            _parent_death_prefix() + argv if die_with_parent else argv,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             env=dict(env) if env is not None else None, start_new_session=True,
         )
+
+
+def _parent_death_prefix() -> list[str]:
+    """``setpriv --pdeathsig TERM --`` where it exists (util-linux). The signal follows the *thread*
+    that spawned the child, so it is only used from the main thread (whose end is the process's)."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or threading.current_thread() is not threading.main_thread():
+        return []
+    return [setpriv, "--pdeathsig", "TERM", "--"]
 
 
 def process_start_time(pid: int) -> float | None:

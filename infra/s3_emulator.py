@@ -60,10 +60,14 @@ def bucket_answers(endpoint: str, bucket: str) -> bool:
 
 
 class S3Emulator:
-    """One s3rver process serving ``bucket`` from ``data_dir`` on ``host:port`` (port None: a free one)."""
+    """One s3rver process serving ``bucket`` from ``data_dir`` on ``host:port`` (port None: a free one).
+
+    It is stopped with this process unless ``outlive_parent`` (see ``procs.spawn``).
+    """
 
     def __init__(self, data_dir: Path, *, port: int | None = None, host: str = "127.0.0.1",
-                 bucket: str = DEFAULT_BUCKET, log_path: Path | None = None, ready_timeout: float = 30.0):
+                 bucket: str = DEFAULT_BUCKET, log_path: Path | None = None, ready_timeout: float = 30.0,
+                 outlive_parent: bool = False):
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port
@@ -71,6 +75,7 @@ class S3Emulator:
         default_log = self.data_dir.parent / f"s3rver-{self.data_dir.name}.log"
         self.log_path = Path(log_path) if log_path else default_log
         self.ready_timeout = ready_timeout
+        self.outlive_parent = outlive_parent
         self.process: subprocess.Popen | None = None
 
     @property
@@ -86,7 +91,7 @@ class S3Emulator:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = [str(executable), "--directory", str(self.data_dir), "--address", self.host,
                 "--port", str(self.port), "--configure-bucket", self.bucket]
-        self.process = procs.spawn(argv, self.log_path)
+        self.process = procs.spawn(argv, self.log_path, die_with_parent=not self.outlive_parent)
         self._wait_ready()
         return self
 

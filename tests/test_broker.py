@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
 import subprocess
@@ -96,6 +97,24 @@ def test_quick_exit_of_tansu_reports_its_stderr():
 
     with pytest.raises(BrokerError, match="UnsupportedStorageUrl"):
         BadStorage().start()
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux setpriv (parent-death signal)")
+def test_broker_dies_with_a_killed_parent(tmp_path):
+    """A test run or foreground launcher killed with SIGKILL leaves no tansu or s3rver behind."""
+    pid_file = tmp_path / "broker.pid"
+    argv = ["broker", "--port", "0", "--storage", "s3", "--data-dir", str(tmp_path / "s3"),
+            "--pid-file", str(pid_file)]
+    launcher = subprocess.Popen([sys.executable, "-m", "streams.cli", *argv],
+                                stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert "broker ready on" in launcher.stdout.readline()
+        state = read_state(pid_file)
+    finally:
+        launcher.kill()
+        launcher.wait()
+    assert procs.wait_until(lambda: not broker_mod.is_running(state), 10)
+    assert procs.wait_until(lambda: not procs.is_same_process(state.s3_pid, state.s3_started), 10)
 
 
 def test_cli_detach_status_stop(tmp_path):
