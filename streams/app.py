@@ -1,0 +1,319 @@
+"""The Faust app: topics, tables and four thin agents that delegate to the pure modules.
+
+One click's path: `count_clicks` (stage 1: decode, validate, DLQ, de-duplicate, pre-aggregate,
+`streams.deltas`) -> internal deltas topic, routed to the item's partition -> `apply_deltas` (stage 2:
+`streams.state` adds the deltas to the item's ring, written once per message to RocksDB and its
+changelog) -> when the watermark crosses a slot boundary, the partition's top-K candidates
+(`streams.scoring_loop`) -> `merge_candidates` (one partition) -> global top-K trend v1 records on
+`trending-items`.
+
+Table writes bypass faust's per-key `table[key] = value` path (one changelog send through a 100-entry
+buffer per key, ~100x slower): each batch multi-gets the old values, sends the changelog records with
+an explicit partition, waits for their acks, then writes one RocksDB WriteBatch and records the
+persisted changelog offset, as faust's own `_on_changelog_sent` does. Acks before the local write keep
+recovery exact: a crash leaves the changelog ahead of the store, never behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import faust
+import orjson
+import rocksdict
+from faust.types import TP
+
+from models.scoring import Scorer
+from streams.config import WorkerConfig
+from streams.deltas import DeltaRouter, decode_deltas, encode_deltas
+from streams.events import dlq_record, latest_acceptable_ts_ms
+from streams.scoring_loop import features_at, merge_candidates, partition_candidates
+from streams.state import PartitionState, StateUpdate
+
+log = logging.getLogger("trail.worker")
+
+
+@dataclass
+class Counters:
+    events: int = 0
+    counted: int = 0             # events added to the table (stage 2)
+    dlq: int = 0
+    duplicates: int = 0
+    late: int = 0
+    redelivered_skipped: int = 0
+    steps_scored: int = 0
+    trends_emitted: int = 0
+    started_at: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+def create_app(config: WorkerConfig, scorer: Scorer) -> faust.App:
+    app = faust.App(
+        config.app_id,
+        broker=config.kafka.faust_broker_url(),
+        broker_credentials=config.kafka.faust_credentials(),
+        store="rocksdb://",
+        datadir=str(config.data_dir / config.worker_id),
+        topic_partitions=config.partitions,
+        topic_allow_declare=False,        # topics are created explicitly (infra.admin)
+        web_enabled=False,
+        broker_session_timeout=10,        # tansu holds JoinGroup for session_timeout / 2
+        broker_max_poll_records=20_000,
+        consumer_auto_offset_reset="earliest",
+        producer_linger_ms=5,
+        table_cleanup_interval=3600,
+    )
+    app.conf.broker_commit_every = 10_000
+    pipeline = Pipeline(app, config, scorer)
+    app.trail_pipeline = pipeline  # reachable from tests and the status file
+
+    @app.agent(pipeline.clicks_topic)
+    async def count_clicks(stream):
+        async for events in stream.take_events(config.batch_max_messages, within=config.batch_within_s):
+            await pipeline.ingest([(e.message.partition, e.message.offset, e.message.value) for e in events])
+
+    @app.agent(pipeline.deltas_topic)
+    async def apply_deltas(stream):
+        async for event in stream.events():
+            await pipeline.apply(event.message.partition, event.message.value)
+
+    @app.agent(pipeline.items_topic)
+    async def store_items(stream):
+        async for events in stream.take_events(1000, within=0.2):
+            await pipeline.store_items([(e.message.partition, e.message.key, e.message.value) for e in events])
+
+    @app.agent(pipeline.candidates_topic)
+    async def merge_partitions(stream):
+        async for event in stream.events():
+            await pipeline.merge(event.value)
+
+    @app.timer(1.0)
+    async def flush_idle_partitions():
+        await pipeline.flush_idle()
+
+    @app.timer(1.0)
+    async def write_status():
+        pipeline.write_status()
+
+    @app.timer(10.0)
+    async def log_progress():
+        pipeline.log_progress()
+
+    app.on_partitions_revoked.connect(pipeline.on_revoked)
+    return app
+
+
+class Pipeline:
+    """The worker's state and the agents' bodies; holds no logic a pure module could hold."""
+
+    def __init__(self, app: faust.App, config: WorkerConfig, scorer: Scorer) -> None:
+        self.app = app
+        self.config = config
+        self.scorer = scorer
+        topics = config.topics
+        raw = {"key_serializer": "raw", "value_serializer": "raw"}
+        self.clicks_topic = app.topic(topics.clicks, partitions=config.partitions, **raw)
+        self.deltas_topic = app.topic(config.deltas_topic, partitions=config.partitions, internal=True, **raw)
+        self.items_topic = app.topic(topics.items, partitions=config.partitions, **raw)
+        self.candidates_topic = app.topic(config.candidates_topic, partitions=1, internal=True, **raw)
+        raw_schema = faust.Schema(key_type=bytes, value_type=bytes, **raw)
+        self.counts_table = app.Table(config.table_name, partitions=config.partitions, schema=raw_schema)
+        self.items_table = app.Table("items", partitions=config.partitions, schema=raw_schema)
+        self.merge_table = app.Table("merge", partitions=1, schema=raw_schema)
+        self.router = DeltaRouter(config.partitions, config.spec, config.dedup_capacity)
+        self.states: dict[int, PartitionState] = {}
+        self.locks: dict[int, asyncio.Lock] = {}
+        self.last_input_at: dict[int, float] = {}
+        self.empty_reported: dict[int, int] = {}
+        self.counters = Counters()
+
+    # --- stage 1 ---------------------------------------------------------------------------------------
+
+    async def ingest(self, messages: list[tuple[int, int, bytes | None]]) -> None:
+        batch = self.router.route(messages, latest_acceptable_ts_ms(self.config.max_future_s))
+        producer = self.app.producer
+        sends = []
+        for source, offset, rejection in batch.rejections:
+            record = dlq_record(rejection, self.config.topics.clicks, source, offset)
+            sends.append(await producer.send(self.config.topics.dlq, None, record, None, None, None))
+        for source, watermark in batch.watermarks.items():
+            for target in range(self.config.partitions):
+                value = encode_deltas(source, watermark, batch.deltas.get((source, target)))
+                sends.append(await producer.send(self.config.deltas_topic, None, value, target, None, None))
+        await asyncio.gather(*sends)
+        self.counters.events += batch.events
+        self.counters.dlq += len(batch.rejections)
+        self.counters.duplicates += batch.duplicates
+
+    # --- stage 2 ---------------------------------------------------------------------------------------
+
+    def state_for(self, partition: int) -> PartitionState:
+        state = self.states.get(partition)
+        if state is None:
+            db = self.counts_table.data._db_for_partition(partition)
+            state = self.states[partition] = PartitionState(
+                partition, db, self.config.spec, self.config.partitions)
+            self.locks[partition] = asyncio.Lock()
+        return state
+
+    async def apply(self, partition: int, value: bytes) -> None:
+        source, watermark, columns = decode_deltas(value)
+        state = self.state_for(partition)
+        async with self.locks[partition]:
+            update = state.apply_deltas(source, watermark, columns)
+            await self.commit(self.counts_table, partition, update.writes)
+            self._count(update)
+            self.last_input_at[partition] = time.monotonic()
+            await self.score_due(state, idle=False)
+
+    def _count(self, update: StateUpdate) -> None:
+        self.counters.counted += update.applied_events
+        self.counters.late += update.late_events
+        self.counters.redelivered_skipped += update.skipped_entries
+
+    async def commit(self, table, partition: int, writes: dict[bytes, bytes]) -> None:
+        """Changelog first (acked), then one local WriteBatch and the persisted changelog offset."""
+        if not writes:
+            return
+        changelog = table.changelog_topic.get_topic_name()
+        producer = self.app.producer
+        futures = [await producer.send(changelog, key, value, partition, None, None)
+                   for key, value in writes.items()]
+        acks = await asyncio.gather(*futures)
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for key, value in writes.items():
+            batch.put(key, value)
+        store = table.data
+        store._db_for_partition(partition).write(batch)
+        store.set_persisted_offset(TP(changelog, partition), max(ack.offset for ack in acks))
+
+    async def score_due(self, state: PartitionState, idle: bool) -> None:
+        if state.next_boundary is None:
+            await self._report_empty(state, state.reach_slot(idle))
+            return
+        for boundary in state.due_boundaries(idle):
+            batch = features_at(state.snapshot(), boundary, self.config.spec, self._text_of(state.partition))
+            candidates = partition_candidates(batch, self.scorer, self.config.top_k)
+            message = orjson.dumps({"b": boundary, "p": state.partition, "candidates": candidates})
+            await (await self.app.producer.send(
+                self.config.candidates_topic, None, message, 0, None, None))
+            await self.commit(self.counts_table, state.partition, state.mark_scored(boundary))
+
+    async def _report_empty(self, state: PartitionState, reach: int | None) -> None:
+        """A partition with no data yet still reports progress, so the merge step never waits on it."""
+        if reach is None or reach <= self.empty_reported.get(state.partition, -(2**62)):
+            return
+        message = orjson.dumps({"b": reach, "p": state.partition, "candidates": []})
+        await (await self.app.producer.send(self.config.candidates_topic, None, message, 0, None, None))
+        self.empty_reported[state.partition] = reach
+
+    async def store_items(self, records: list[tuple[int, bytes | None, bytes | None]]) -> None:
+        """Catalogue records (item id -> JSON with title/text) into the items table, by partition."""
+        by_partition: dict[int, dict[bytes, bytes]] = {}
+        for partition, key, value in records:
+            if key and value:
+                by_partition.setdefault(partition, {})[key] = value
+        for partition, writes in by_partition.items():
+            await self.commit(self.items_table, partition, writes)
+
+    def _text_of(self, partition: int):
+        db = self.items_table.data._db_for_partition(partition)
+
+        def text_of(item_id: str) -> str:
+            value = db.get(item_id.encode())
+            if value is None:
+                return ""
+            try:
+                return str(orjson.loads(value).get("text", ""))
+            except (orjson.JSONDecodeError, AttributeError):
+                return ""
+        return text_of
+
+    async def flush_idle(self) -> None:
+        """Wall-clock fallback for quiet streams: score what the data reached once input stops."""
+        if self.config.idle_flush_s <= 0:
+            return
+        now = time.monotonic()
+        for partition, state in list(self.states.items()):
+            if now - self.last_input_at.get(partition, now) < self.config.idle_flush_s:
+                continue
+            async with self.locks[partition]:
+                await self.score_due(state, idle=True)
+
+    async def on_revoked(self, app, revoked, **kwargs) -> None:
+        # state caches are rebuilt from the store when a partition comes back
+        for tp in revoked:
+            if tp.topic == self.config.deltas_topic:
+                self.states.pop(tp.partition, None)
+
+    # --- merge step ------------------------------------------------------------------------------------
+
+    async def merge(self, value: bytes) -> None:
+        message = orjson.loads(value)
+        boundary, partition = message["b"], message["p"]
+        progress = self._merge_progress()
+        if boundary <= progress["emitted_upto"] or progress["reported"].get(str(partition), -1) >= boundary:
+            return  # re-delivered after a crash
+        key = f"pending:{boundary:020d}".encode()
+        pending = orjson.loads(self.merge_db.get(key) or b"{}")
+        pending[str(partition)] = message["candidates"]
+        progress["reported"][str(partition)] = boundary
+        writes = {key: orjson.dumps(pending)}
+        writes.update(await self._emit_complete(progress, writes))
+        writes[b"progress"] = orjson.dumps(progress)
+        await self.commit(self.merge_table, 0, writes)
+
+    @property
+    def merge_db(self):
+        return self.merge_table.data._db_for_partition(0)
+
+    def _merge_progress(self) -> dict:
+        raw = self.merge_db.get(b"progress")
+        return orjson.loads(raw) if raw else {"emitted_upto": -(2**62), "reported": {}}
+
+    async def _emit_complete(self, progress: dict, unsaved: dict[bytes, bytes]) -> dict[bytes, bytes]:
+        """Emit, in order, every pending boundary that every partition has reported past.
+
+        Returns the merge-table writes: emitted boundaries become empty values (a tombstone would do,
+        but tansu never compacts, and an empty value keeps the changelog replay simple).
+        """
+        reported = progress["reported"]
+        if len(reported) < self.config.partitions:
+            return {}
+        complete_upto = min(reported.values())
+        pending = {k: v for k, v in self.merge_db.items(from_key=b"pending:") if k.startswith(b"pending:") and v}
+        pending.update(unsaved)
+        writes: dict[bytes, bytes] = {}
+        for key in sorted(pending):
+            boundary = int(key[len(b"pending:"):])
+            if boundary > complete_upto:
+                break
+            candidates = [c for part in orjson.loads(pending[key]).values() for c in part]
+            records = merge_candidates(candidates, boundary, self.config.spec, self.scorer, self.config.top_k)
+            for record in records:
+                await self.app.producer.send(
+                    self.config.topics.trending, str(boundary).encode(), orjson.dumps(record), None, None, None)
+            self.counters.steps_scored += 1
+            self.counters.trends_emitted += len(records)
+            writes[key] = b""
+            progress["emitted_upto"] = boundary
+        return writes
+
+    def log_progress(self) -> None:
+        log.info("trail: %s", orjson.dumps(self.counters.as_dict()).decode())
+
+    def write_status(self) -> None:
+        """The status file operators and benches read: counters, scorer, owned partitions (atomic replace)."""
+        path = self.config.status_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        assigned = sorted(tp.partition for tp in self.app.consumer.assignment()
+                          if tp.topic == self.config.topics.clicks)
+        tmp.write_bytes(orjson.dumps({**self.counters.as_dict(), "scorer": self.scorer.name,
+                                      "assigned": assigned, "written_at": time.time()}))
+        tmp.replace(path)

@@ -1,0 +1,59 @@
+"""Worker configuration: topic names, partition count, window geometry, batching and scoring knobs.
+
+One frozen dataclass, built from CLI flags by `streams.worker_cli` and from code by tests and benches.
+No I/O here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from infra.kafka_config import KafkaSettings
+from streams.windows import WindowSpec
+
+
+@dataclass(frozen=True)
+class Topics:
+    clicks: str = "clicks"
+    items: str = "items"
+    dlq: str = "clicks-dlq"
+    trending: str = "trending-items"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    topics: Topics = field(default_factory=Topics)
+    app_id: str = "trail"
+    partitions: int = 4
+    spec: WindowSpec = field(default_factory=WindowSpec)
+    top_k: int = 10
+    data_dir: Path = Path("artifacts/worker")
+    batch_max_messages: int = 5000
+    batch_within_s: float = 0.25
+    dedup_capacity: int = 1_000_000          # recent event ids remembered per worker (bounded memory)
+    max_future_s: int = 86_400               # events this far beyond wall-clock time are rejected
+    idle_flush_s: float = 0.0                # >0: after this long with no input, score what the max seen time allows
+    scorer: str = "velocity"                 # "velocity" or a TRAIL bundle NAME|DIR
+    embedded_broker_fix: str = "auto"        # auto|on|off: the tansu end-offset shim
+    worker_id: str = "w1"
+    log_level: str = "info"
+
+    @property
+    def table_name(self) -> str:
+        return "slot-counts"
+
+    # internal topics, named after the app id like faust's changelogs: pre-aggregated (item, slot) deltas
+    # routed to the item's partition, and per-partition top-K candidates for the merge step (1 partition)
+    @property
+    def deltas_topic(self) -> str:
+        return f"{self.app_id}-deltas"
+
+    @property
+    def candidates_topic(self) -> str:
+        return f"{self.app_id}-candidates"
+
+    @property
+    def status_path(self) -> Path:
+        return self.data_dir / self.worker_id / "status.json"

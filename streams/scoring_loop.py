@@ -1,0 +1,93 @@
+"""The scoring step: a partition's rings at a boundary -> its top-K candidates; candidates of every
+partition -> one global top-K of explained trend v1 records (the merge step).
+
+The global top-K is exact: an item in it is in its own partition's top-K. Ranking is by forecast, ties
+broken by item id, so one worker and many give the same records. Explanations are written only for the
+global top-K, in the merge step. No Kafka I/O here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from models.features import FeatureBatch
+from models.scoring import Scorer
+from streams.state import Snapshot
+from streams.windows import WindowSpec, bucket_count_matrix, last_event_slot_matrix
+
+
+def features_at(snapshot: Snapshot, boundary: int, spec: WindowSpec, text_of: Callable[[str], str]) -> FeatureBatch:
+    """FeatureBatch of the items with at least one event in the window ending at `boundary`."""
+    n_items = len(snapshot.item_ids)
+    matrix = bucket_count_matrix(snapshot.item_index, snapshot.slots, snapshot.counts, boundary, spec, n_items)
+    last_slot = last_event_slot_matrix(snapshot.item_index, snapshot.slots, boundary, n_items)
+    active = np.flatnonzero(matrix.sum(axis=1) > 0)
+    item_ids = [snapshot.item_ids[i] for i in active]
+    return FeatureBatch(item_ids, matrix[active], last_slot[active], boundary, spec,
+                        texts=[text_of(item) for item in item_ids])
+
+
+def top_k_order(item_ids: list[str], forecast: np.ndarray, k: int) -> np.ndarray:
+    """Row indices of the k best forecasts, highest first, ties by item id."""
+    order = sorted(range(len(item_ids)), key=lambda i: (-round(float(forecast[i]), 6), item_ids[i]))
+    return np.asarray(order[:k], dtype=np.int64)
+
+
+def partition_candidates(batch: FeatureBatch, scorer: Scorer, k: int) -> list[dict]:
+    """The partition's top-k items with what the merge step needs to rank and explain them."""
+    if not len(batch):
+        return []
+    forecast = scorer.forecast(batch)
+    return [
+        {
+            "item_id": batch.item_ids[i],
+            "counts": batch.bucket_counts[i].tolist(),
+            "last_event_slot": int(batch.last_event_slot[i]),
+            "forecast": float(forecast[i]),
+            "text": batch.texts[i],
+        }
+        for i in top_k_order(batch.item_ids, forecast, k)
+    ]
+
+
+def merge_candidates(
+    candidates: list[dict], boundary: int, spec: WindowSpec, scorer: Scorer, k: int
+) -> list[dict]:
+    """Global top-k trend v1 records from all partitions' candidates, explained by `scorer`."""
+    if not candidates:
+        return []
+    batch = FeatureBatch(
+        [c["item_id"] for c in candidates],
+        np.asarray([c["counts"] for c in candidates], dtype=np.int64),
+        np.asarray([c["last_event_slot"] for c in candidates], dtype=np.int64),
+        boundary, spec, texts=[c.get("text", "") for c in candidates],
+    )
+    forecast = np.asarray([c["forecast"] for c in candidates], dtype=np.float64)
+    chosen = top_k_order(batch.item_ids, forecast, k)
+    explanations = scorer.explain(batch, forecast, chosen)
+    end_ms = spec.boundary_ms(boundary)
+    window = {"start": end_ms - spec.window_slots * spec.slot_ms, "end": end_ms,
+              "slot_s": spec.slot_s, "bucket_s": spec.bucket_s}
+    model = {"name": scorer.name, "version": scorer.version, "sha256": scorer.sha256}
+    now_ms = int(time.time() * 1000)
+    records = []
+    for rank, (i, explanation) in enumerate(zip(chosen, explanations, strict=True), start=1):
+        record = {
+            "item_id": batch.item_ids[i],
+            "rank": rank,
+            "score": round(float(forecast[i]), 6),
+            "predicted_count": round(max(0.0, float(forecast[i])), 6),
+            "window": window,
+            "recent_counts": batch.bucket_counts[i].tolist(),
+            "explanation": explanation,
+            "signals": batch.signals_of(int(i)),
+            "model": model,
+            "generated_at": now_ms,
+        }
+        if batch.texts[i]:
+            record["title"] = batch.texts[i]
+        records.append(record)
+    return records

@@ -1,0 +1,155 @@
+"""Window state of one table partition (stage 2): item rings and the bookkeeping that makes counts exact.
+
+Keys in the partition's RocksDB database (and its changelog):
+- ``i:<item_id>``  -> the item's sparse ring of slot counts (`streams.windows` encoding);
+- ``m:applied:<source partition>`` -> the last source offset whose deltas are in the rings, so
+  re-delivered deltas (after a crash, before the offset commit) are skipped, not counted twice;
+- ``m:wm:<source partition>`` -> that source's max event time, from which the watermark is derived;
+- ``m:next`` -> the next scoring boundary slot (every boundary before it has been scored).
+`PartitionState` computes what to write; the caller (`streams.app`) sends it to the changelog and the
+store. The watermark is the minimum over all source partitions of their max event time, less the
+allowed lateness, so it does not depend on how fast or in which interleaving a replay arrives.
+No Kafka I/O here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from streams.deltas import DeltaColumns
+from streams.windows import WindowSpec, decode_ring, encode_ring, merge_ring
+
+RING_PREFIX = b"i:"
+APPLIED_PREFIX = b"m:applied:"
+WATERMARK_PREFIX = b"m:wm:"
+NEXT_BOUNDARY_KEY = b"m:next"
+
+
+@dataclass
+class StateUpdate:
+    writes: dict[bytes, bytes] = field(default_factory=dict)
+    applied_events: int = 0
+    skipped_entries: int = 0       # re-delivered input, already counted
+    late_events: int = 0           # counted, but their slot was already scored
+
+
+@dataclass
+class Snapshot:
+    """All rings of a partition, flattened: row r of slots/counts belongs to item_ids[item_index[r]]."""
+
+    item_ids: list[str]
+    item_index: np.ndarray
+    slots: np.ndarray
+    counts: np.ndarray
+
+
+class PartitionState:
+    def __init__(self, partition: int, db, spec: WindowSpec, n_sources: int) -> None:
+        self.partition = partition
+        self.db = db
+        self.spec = spec
+        self.n_sources = n_sources
+        self.applied: dict[int, int] = {}
+        self.source_max_ts_ms: dict[int, int] = {}
+        self.next_boundary: int | None = None
+        self._load_meta()
+
+    def _load_meta(self) -> None:
+        for source in range(self.n_sources):
+            applied = self.db.get(APPLIED_PREFIX + str(source).encode())
+            if applied is not None:
+                self.applied[source] = int(applied)
+            watermark = self.db.get(WATERMARK_PREFIX + str(source).encode())
+            if watermark is not None:
+                self.source_max_ts_ms[source] = int(watermark)
+        next_boundary = self.db.get(NEXT_BOUNDARY_KEY)
+        self.next_boundary = int(next_boundary) if next_boundary is not None else None
+
+    # --- applying deltas -------------------------------------------------------------------------------
+
+    def apply_deltas(self, source: int, watermark_ms: int, columns: DeltaColumns) -> StateUpdate:
+        """Add one deltas message to the rings; returns the keys to write (in-memory meta is updated)."""
+        update = StateUpdate()
+        if watermark_ms > self.source_max_ts_ms.get(source, -1):
+            self.source_max_ts_ms[source] = watermark_ms
+            update.writes[WATERMARK_PREFIX + str(source).encode()] = str(watermark_ms).encode()
+        if not columns.offsets:
+            return update
+        offsets = np.asarray(columns.offsets, dtype=np.int64)
+        fresh = offsets > self.applied.get(source, -1)
+        update.skipped_entries = int((~fresh).sum())
+        if not fresh.any():
+            return update
+        items = np.asarray(columns.items, dtype=object)[fresh]
+        slots = np.asarray(columns.slots, dtype=np.int64)[fresh]
+        counts = np.asarray(columns.counts, dtype=np.int64)[fresh]
+        if self.next_boundary is None:
+            self.next_boundary = int(slots.min()) + 1   # first boundary after the first data
+            update.writes[NEXT_BOUNDARY_KEY] = str(self.next_boundary).encode()
+        update.applied_events = int(counts.sum())
+        update.late_events = int(counts[slots < self.next_boundary - 1].sum())
+        update.writes.update(self._merged_rings(items, slots, counts))
+        self.applied[source] = int(offsets.max())
+        update.writes[APPLIED_PREFIX + str(source).encode()] = str(self.applied[source]).encode()
+        return update
+
+    def _merged_rings(self, items: np.ndarray, slots: np.ndarray, counts: np.ndarray) -> dict[bytes, bytes]:
+        unique_items, inverse = np.unique(items.astype(str), return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        starts = np.searchsorted(inverse[order], np.arange(len(unique_items) + 1))
+        keys = [RING_PREFIX + item.encode() for item in unique_items]
+        old_values = self.db.get(keys)
+        oldest_kept = self.oldest_kept_slot()
+        writes: dict[bytes, bytes] = {}
+        for k, key in enumerate(keys):
+            rows = order[starts[k]:starts[k + 1]]
+            ring = merge_ring(decode_ring(old_values[k]), slots[rows], counts[rows], oldest_kept)
+            writes[key] = encode_ring(ring)
+        return writes
+
+    def oldest_kept_slot(self) -> int:
+        """Slots before this can no longer be read by any boundary still to be scored."""
+        if self.next_boundary is None:
+            return np.iinfo(np.int64).min
+        return self.next_boundary - self.spec.window_slots
+
+    # --- watermark and scoring -------------------------------------------------------------------------
+
+    def watermark_slot(self) -> int | None:
+        """Last boundary the watermark has crossed; None until every source partition reported."""
+        if len(self.source_max_ts_ms) < self.n_sources:
+            return None
+        return self.spec.watermark_slot(min(self.source_max_ts_ms.values()))
+
+    def reach_slot(self, idle: bool = False) -> int | None:
+        """Last boundary that may be scored. `idle`: the stream went quiet, close what the data reached."""
+        if idle and self.source_max_ts_ms:
+            return self.spec.slot_of(max(self.source_max_ts_ms.values()))
+        return self.watermark_slot()
+
+    def due_boundaries(self, idle: bool = False) -> list[int]:
+        """Boundaries to score now, in order."""
+        upto = self.reach_slot(idle)
+        if self.next_boundary is None or upto is None:
+            return []
+        return list(range(self.next_boundary, upto + 1))
+
+    def mark_scored(self, boundary: int) -> dict[bytes, bytes]:
+        self.next_boundary = boundary + 1
+        return {NEXT_BOUNDARY_KEY: str(self.next_boundary).encode()}
+
+    def snapshot(self) -> Snapshot:
+        item_ids: list[str] = []
+        rings: list[np.ndarray] = []
+        for key, value in self.db.items(from_key=RING_PREFIX):
+            if not key.startswith(RING_PREFIX):
+                break
+            ring = decode_ring(value)
+            if len(ring):
+                item_ids.append(key[len(RING_PREFIX):].decode())
+                rings.append(ring)
+        lengths = np.fromiter((len(r) for r in rings), dtype=np.int64, count=len(rings))
+        joined = np.concatenate(rings) if rings else decode_ring(None)
+        return Snapshot(item_ids, np.repeat(np.arange(len(rings)), lengths), joined["slot"], joined["count"])

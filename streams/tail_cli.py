@@ -1,0 +1,70 @@
+"""`trail tail`: read trend records from the trending topic, pretty (a table per step) or as JSON lines."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import orjson
+
+from infra.kafka_config import add_kafka_args, settings_from_args
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("tail", help="show trending items as they are emitted",
+                                   description="Read trend v1 records from the trending topic (no consumer "
+                                   "group: reads all partitions directly).")
+    add_kafka_args(parser)
+    parser.add_argument("--topic", default="trending-items")
+    parser.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
+    parser.add_argument("--json", action="store_true", help="one JSON record per line on stdout")
+    parser.add_argument("--max-records", type=int, default=0, help="stop after this many (0: never)")
+    parser.add_argument("--idle-exit-s", type=float, default=0.0, help="stop after this long without records")
+    parser.set_defaults(func=run)
+
+
+def read_records(settings, topic: str, from_beginning: bool, max_records: int = 0, idle_exit_s: float = 0.0):
+    """Yield decoded records from every partition of `topic` (assign, not subscribe: no group rebalance)."""
+    import time
+
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
+
+    consumer = Consumer({**settings.confluent(), "group.id": "trail-tail", "enable.auto.commit": False})
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        if topic not in metadata.topics or metadata.topics[topic].error is not None:
+            raise SystemExit(f"topic {topic!r} not found on {settings.bootstrap}; is a worker running?")
+        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        consumer.assign([TopicPartition(topic, p, start) for p in metadata.topics[topic].partitions])
+        seen, last_at = 0, time.monotonic()
+        while not max_records or seen < max_records:
+            message = consumer.poll(0.5)
+            if message is None or message.error() is not None:
+                if idle_exit_s and time.monotonic() - last_at > idle_exit_s:
+                    return
+                continue
+            last_at = time.monotonic()
+            seen += 1
+            yield orjson.loads(message.value())
+    finally:
+        consumer.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    records = read_records(settings_from_args(args), args.topic, args.from_beginning, args.max_records,
+                           args.idle_exit_s)
+    if args.json:
+        for record in records:
+            sys.stdout.write(orjson.dumps(record).decode() + "\n")
+            sys.stdout.flush()
+        return 0
+    from rich.console import Console
+    console = Console()
+    for record in records:
+        window_end = record["window"]["end"] // 1000
+        title = record.get("title") or record["item_id"]
+        console.print(f"[bold]#{record['rank']:>2}[/] [cyan]{title[:48]:<48}[/] "
+                      f"forecast {record['predicted_count']:>8.1f}  counts {record['recent_counts'][-4:]}  "
+                      f"[dim]step {window_end} {record['model']['name']}[/]")
+        console.print(f"     {record['explanation']}", style="italic")
+    return 0

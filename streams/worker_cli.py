@@ -1,0 +1,84 @@
+"""`trail worker`: run one Faust worker (several may run side by side; each takes its share of partitions)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from infra.kafka_config import add_kafka_args, settings_from_args
+from streams.config import Topics, WorkerConfig
+from streams.windows import WindowSpec
+
+
+def add_window_args(parser: argparse.ArgumentParser) -> None:
+    defaults = WindowSpec()
+    group = parser.add_argument_group("windows (event time)")
+    group.add_argument("--slot-s", type=int, default=defaults.slot_s, help="counting grain in seconds (default: 1 day)")
+    group.add_argument("--bucket-s", type=int, default=defaults.bucket_s,
+                       help="forecasting period in seconds, a multiple of --slot-s (default: 7 days)")
+    group.add_argument("--n-buckets", type=int, default=defaults.n_buckets, help="buckets of history per item")
+    group.add_argument("--allowed-lateness-s", type=int, default=defaults.allowed_lateness_s,
+                       help="watermark = max event time - this; later events are counted and reported as late")
+
+
+def window_spec_from_args(args: argparse.Namespace) -> WindowSpec:
+    return WindowSpec(slot_s=args.slot_s, bucket_s=args.bucket_s, n_buckets=args.n_buckets,
+                      allowed_lateness_s=args.allowed_lateness_s)
+
+
+def add_topic_args(parser: argparse.ArgumentParser) -> None:
+    defaults = Topics()
+    group = parser.add_argument_group("topics")
+    for name in ("clicks", "items", "dlq", "trending"):
+        group.add_argument(f"--{name}-topic", default=getattr(defaults, name), metavar="NAME")
+    group.add_argument("--partitions", type=int, default=4,
+                       help="partitions of clicks/items and the internal topics (created if missing)")
+
+
+def topics_from_args(args: argparse.Namespace) -> Topics:
+    return Topics(clicks=args.clicks_topic, items=args.items_topic, dlq=args.dlq_topic,
+                  trending=args.trending_topic)
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "worker", help="run a Faust worker: count clicks in windows, score, emit trends",
+        description="Consume click events, keep per-item sliding-window counts in RocksDB, and at every "
+        "slot boundary crossed by the event-time watermark emit the global top-K trending items with "
+        "explanations to the trending topic. Run several with distinct --worker-id to share partitions.")
+    add_kafka_args(parser)
+    add_topic_args(parser)
+    add_window_args(parser)
+    parser.add_argument("--top-k", type=int, default=10, help="trending items per step")
+    parser.add_argument("--scorer", default="velocity",
+                        help="'velocity' (baseline) or a TRAIL bundle NAME|DIR when built")
+    parser.add_argument("--data-dir", type=Path, default=Path("artifacts/worker"),
+                        help="RocksDB state lives in DATA_DIR/WORKER_ID")
+    parser.add_argument("--worker-id", default="w1", help="distinct per worker on one machine")
+    parser.add_argument("--app-id", default="trail", help="consumer group / internal topic prefix")
+    parser.add_argument("--batch-max-messages", type=int, default=5000)
+    parser.add_argument("--idle-flush-s", type=float, default=0.0,
+                        help="if > 0, after this many seconds without input score up to the latest event")
+    parser.add_argument("--max-future-s", type=int, default=86_400,
+                        help="reject events whose time is this far beyond the wall clock")
+    parser.add_argument("--embedded-broker-fix", choices=("auto", "on", "off"), default="auto",
+                        help="tansu end-offset shim: auto = only against the embedded broker")
+    parser.add_argument("--log-level", default="info")
+    parser.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace) -> WorkerConfig:
+    return WorkerConfig(
+        kafka=settings_from_args(args), topics=topics_from_args(args), app_id=args.app_id,
+        partitions=args.partitions, spec=window_spec_from_args(args), top_k=args.top_k,
+        data_dir=args.data_dir, batch_max_messages=args.batch_max_messages, idle_flush_s=args.idle_flush_s,
+        max_future_s=args.max_future_s, scorer=args.scorer, embedded_broker_fix=args.embedded_broker_fix,
+        worker_id=args.worker_id, log_level=args.log_level)
+
+
+def run(args: argparse.Namespace) -> int:
+    from streams.runner import run_worker
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_worker(config_from_args(args))

@@ -1,0 +1,162 @@
+"""End-to-end behaviour of the worker over the embedded broker (TCP): produce -> worker -> trending-items.
+
+Each test runs real `trail worker` processes with their own app id and topics on the session broker.
+"""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+import time
+
+import orjson
+import pytest
+
+from schemas import DLQ_RECORD_V1, TREND_V1, validator
+from tests.streamkit import DAY_MS, Replay, by_step, comparable, make_events, recount
+
+N_BUCKETS = 4
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def assert_counts_match_recount(steps: dict[int, list[dict]], events: list[dict]) -> None:
+    for end_ms, records in steps.items():
+        truth = recount(events, end_ms // DAY_MS, N_BUCKETS)
+        for record in records:
+            assert record["recent_counts"] == truth[record["item_id"]], (end_ms, record["item_id"])
+
+
+def wait_for_step(replay: Replay, end_ms: int, timeout_s: float = 120) -> list[dict]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        records = replay.records(idle_exit_s=4)
+        if any(r["window"]["end"] == end_ms for r in records):
+            return records
+    raise TimeoutError(f"no step ending {end_ms}: " + replay.workers[-1].log_tail(2000))
+
+
+def last_step_end(events: list[dict]) -> int:
+    """With the idle flush, the last scored boundary is the slot of the newest event."""
+    return (max(e["ts"] for e in events) // DAY_MS) * DAY_MS
+
+
+def test_trend_records_validate_and_counts_equal_a_recount(broker, unique_topic, tmp_path):
+    events = make_events(6000, n_items=12, days=35)
+    replay = Replay(broker, unique_topic("e2e"), tmp_path, top_k=12)
+    replay.start_worker()
+    replay.wait_assigned()
+    replay.produce(events)
+    records = wait_for_step(replay, last_step_end(events))
+    replay.stop()
+
+    check = validator(TREND_V1)
+    for record in records:
+        check(record)
+    steps = by_step(records)
+    ends = sorted(steps)
+    assert ends == list(range(ends[0], ends[-1] + DAY_MS, DAY_MS)), "a scoring step is missing"
+    assert len(ends) >= 30
+    assert_counts_match_recount(steps, events)
+    for records_of_step in steps.values():
+        forecasts = [r["predicted_count"] for r in records_of_step]
+        assert forecasts == sorted(forecasts, reverse=True)
+        assert [r["rank"] for r in records_of_step] == list(range(1, len(records_of_step) + 1))
+        assert all(r["explanation"] for r in records_of_step)
+
+
+def test_bad_events_land_in_the_dlq_with_a_reason_and_good_ones_are_counted(broker, unique_topic, tmp_path):
+    good = make_events(400, n_items=5, days=20, seed=3)
+    far_future_ms = int((time.time() + 10 * 365 * 86400) * 1000)
+    bad = [
+        b"{not json",
+        orjson.dumps({"ts": good[0]["ts"]}),                                   # missing item_id
+        orjson.dumps({"item_id": "x"}),                                        # missing ts
+        orjson.dumps({"item_id": "x", "ts": "yesterday"}),                     # wrong type
+        orjson.dumps({"item_id": 42, "ts": good[0]["ts"]}),                    # wrong type
+        orjson.dumps({"item_id": "x" * 100_000, "ts": good[0]["ts"]}),         # huge string
+        orjson.dumps({"item_id": "x", "ts": far_future_ms}),                   # far future
+        orjson.dumps([{"item_id": "ok-in-envelope", "ts": good[1]["ts"]}, {"item_id": None, "ts": 1}]),
+        b"[1, 2",
+    ]
+    replay = Replay(broker, unique_topic("dlq"), tmp_path, top_k=10)
+    worker = replay.start_worker()
+    replay.wait_assigned()
+    replay.produce_raw(bad)
+    replay.produce(good)
+    replay.wait_counted(len(good) + 1)
+    records = wait_for_step(replay, last_step_end(good))
+    dlq = replay.records("dlq", idle_exit_s=3)
+    status = worker.status()
+    replay.stop()
+
+    check = validator(DLQ_RECORD_V1)
+    for record in dlq:
+        check(record)
+    assert len(dlq) == 9
+    originals = {base64.b64decode(r["original"]) for r in dlq}
+    assert b"{not json" in originals and b"[1, 2" in originals
+    reasons = " | ".join(r["reason"] for r in dlq)
+    for expected in ("malformed JSON", "item_id", "ts", "256 characters", "ahead of wall-clock"):
+        assert expected in reasons
+    assert [r["index"] for r in dlq if r["index"] is not None] == [1]
+    assert status["dlq"] == 9 and status["counted"] == len(good) + 1
+    assert_counts_match_recount(by_step(records), good + [{"item_id": "ok-in-envelope", "ts": good[1]["ts"],
+                                                           "event_id": "envelope"}])
+
+
+def test_sigkilled_worker_restarts_without_losing_or_double_counting(broker, unique_topic, tmp_path):
+    events = make_events(60_000, n_items=12, days=35, seed=11)
+    replay = Replay(broker, unique_topic("kill"), tmp_path, top_k=12)
+    worker = replay.start_worker()
+    replay.wait_assigned()
+    replay.produce(events, envelope=10)
+    worker.wait_for(lambda s: s.get("counted", 0) >= 20_000, 120, "20,000 counted")
+    worker.kill()
+    assert worker.status()["counted"] < len(events), "killed too late to test anything"
+    replay.start_worker()  # same worker id and data dir: local RocksDB + changelog recovery
+    records = wait_for_step(replay, last_step_end(events), timeout_s=180)
+    replay.stop()
+    assert_counts_match_recount(by_step(records), events)
+
+
+def test_two_workers_give_the_same_global_top_k_as_one(broker, unique_topic, tmp_path):
+    events = make_events(8000, n_items=30, days=30, seed=5)
+    one = Replay(broker, unique_topic("one"), tmp_path / "one", top_k=8)
+    two = Replay(broker, unique_topic("two"), tmp_path / "two", top_k=8)
+    one.start_worker()
+    two.start_worker("a")
+    two.start_worker("b")
+    one.wait_assigned()
+    two.wait_assigned()
+    assert all(w.status()["assigned"] for w in two.workers), "both workers should own partitions"
+    one.produce(events)
+    two.produce(events)
+    end = last_step_end(events)
+    steps_one, steps_two = by_step(wait_for_step(one, end)), by_step(wait_for_step(two, end))
+    one.stop()
+    two.stop()
+    assert sorted(steps_one) == sorted(steps_two)
+    for step in steps_one:
+        assert comparable(steps_one[step]) == comparable(steps_two[step])
+
+
+def test_replaying_a_file_at_two_speeds_gives_identical_trends(broker, unique_topic, tmp_path):
+    events = make_events(3000, n_items=10, days=28, seed=9)
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(e) for e in events))
+    results = []
+    for speed in ("0", str(28 * 86400 / 6)):   # as fast as possible, and 28 days in ~6 s
+        replay = Replay(broker, unique_topic("speed"), tmp_path / speed, top_k=10)
+        replay.start_worker()
+        replay.wait_assigned()
+        subprocess.run([sys.executable, "-m", "streams.cli", "produce", str(path), "--bootstrap", broker,
+                        "--topic", replay.topics["clicks"], "--speed", speed, "--envelope", "20", "--quiet"],
+                       check=True, capture_output=True)
+        results.append(by_step(wait_for_step(replay, last_step_end(events))))
+        replay.stop()
+    fast, slow = results
+    assert sorted(fast) == sorted(slow)
+    for step in fast:
+        assert comparable(fast[step]) == comparable(slow[step])
