@@ -7,7 +7,12 @@ records a partition holding 30 records reports 21 without the fix.
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import faust
 import pytest
@@ -109,3 +114,50 @@ def test_auto_with_unreachable_broker_is_a_clear_error():
 def test_unknown_mode_is_rejected(broker):
     with pytest.raises(ValueError, match="auto, on, off"):
         tansu_shim.should_apply_fix(broker, "maybe")
+
+
+RECOVERY_APP = '''
+import os
+import faust
+from infra import tansu_shim
+
+bootstrap = os.environ["BOOTSTRAP"]
+if tansu_shim.should_apply_fix(bootstrap, "auto"):        # what the worker does by default
+    tansu_shim.install_end_offset_fix()
+app = faust.App(os.environ["APP_ID"], broker=f"kafka://{bootstrap}", store="memory://",
+                broker_session_timeout=10, web_enabled=False)
+table = app.Table("counts", default=int, partitions=1)
+
+@app.agent(app.topic(os.environ["SOURCE"], partitions=1))
+async def count(stream):
+    async for _ in stream:
+        pass
+
+@app.task
+async def report():
+    await app.tables.recovery.completed.wait()
+    print(f"TABLE_SIZE={len(table)}", flush=True)
+    os._exit(0)
+
+app.main()
+'''
+
+
+def test_table_recovery_reads_the_whole_changelog(broker, unique_topic, tmp_path):
+    """A faust worker rebuilding a table from a changelog written in 100-record batches gets all 2000
+    keys (without the fix it stops at the last batch's first record: 1901 keys)."""
+    app_id, source, keys = unique_topic("recovery"), unique_topic("source"), 2000
+    changelog = f"{app_id}-counts-changelog"
+    ensure_topics(KafkaSettings(broker, {}), {source: TopicSpec(1), changelog: TopicSpec(1, compact=True)})
+    producer = Producer({"bootstrap.servers": broker, "linger.ms": 1000})
+    for i in range(keys):
+        producer.produce(changelog, key=b'"k%d"' % i, value=b"1", partition=0)
+        if (i + 1) % 100 == 0:
+            assert producer.flush(10) == 0
+    (tmp_path / "recovery_app.py").write_text(RECOVERY_APP)
+    env = {**os.environ, "BOOTSTRAP": broker, "APP_ID": app_id, "SOURCE": source,
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    worker = subprocess.run([sys.executable, "recovery_app.py", "worker", "-l", "warn", "--without-web"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90)
+    sizes = re.findall(r"TABLE_SIZE=(\d+)", worker.stdout + worker.stderr)
+    assert sizes == [str(keys)], worker.stderr[-2000:]
