@@ -47,6 +47,8 @@ class Counters:
     steps_scored: int = 0
     trends_emitted: int = 0
     started_at: float = field(default_factory=time.time)
+    first_input_at: float = 0.0      # wall time of the first clicks batch (benchmarks time from here)
+    last_counted_at: float = 0.0     # wall time of the last table write
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}
@@ -135,6 +137,8 @@ class Pipeline:
     # --- stage 1 ---------------------------------------------------------------------------------------
 
     async def ingest(self, messages: list[tuple[int, int, bytes | None]]) -> None:
+        if not self.counters.first_input_at:
+            self.counters.first_input_at = time.time()
         batch = self.router.route(messages, latest_acceptable_ts_ms(self.config.max_future_s))
         producer = self.app.producer
         sends = []
@@ -173,6 +177,8 @@ class Pipeline:
 
     def _count(self, update: StateUpdate) -> None:
         self.counters.counted += update.applied_events
+        if update.applied_events:
+            self.counters.last_counted_at = time.time()
         self.counters.late += update.late_events
         self.counters.redelivered_skipped += update.skipped_entries
 

@@ -29,7 +29,7 @@ def run_worker(config: WorkerConfig) -> int:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     ensure_worker_topics(config)
     (config.data_dir / config.worker_id).mkdir(parents=True, exist_ok=True)
-    if should_apply_fix(config.kafka.bootstrap, config.embedded_broker_fix):
+    if should_apply_fix(config.kafka.bootstrap, config.embedded_broker_fix, config.kafka.extra):
         install_end_offset_fix()
         log.info("embedded broker detected: end-offset fix installed")
     scorer = load_scorer(config.scorer)

@@ -1,0 +1,98 @@
+"""`trail bench ingest`: how fast one worker turns click messages into exact table counts.
+
+Pre-produces N synthetic events (Zipf-skewed items over 100,000 ids, event times spread over 30 days,
+single-event messages keyed by item or K-event envelopes) with confluent-kafka, then starts one worker
+and times it from its first input batch to the moment its table holds all N counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from infra.kafka_config import KafkaSettings
+
+DAY_MS = 86_400_000
+BASE_TS_MS = 1_704_067_200_000
+
+
+def add_bench_parser(benches) -> None:
+    parser = benches.add_parser("ingest", help="events/s of one worker into exact table counts",
+                                description=__doc__)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--envelope", type=int, default=100, help="events per message (1: single events)")
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--items", type=int, default=100_000, help="distinct item ids")
+    parser.add_argument("--bootstrap", default=None,
+                        help="use this Kafka instead of starting an embedded broker (memory storage)")
+    parser.add_argument("--timeout-s", type=float, default=600)
+    parser.add_argument("--json", action="store_true", help="print only the JSON object")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=run)
+
+
+def synthetic_events(n: int, n_items: int, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    items = (rng.zipf(1.3, size=n) - 1) % n_items
+    ts = BASE_TS_MS + np.sort(rng.integers(0, 30 * DAY_MS, size=n))
+    users = rng.integers(0, 50_000, size=n)
+    return [{"item_id": f"i{item}", "ts": int(t), "user_id": f"u{u}"} for item, t, u in zip(items, ts, users)]
+
+
+def run(args: argparse.Namespace) -> int:
+    import psutil
+
+    from infra.admin import TopicSpec, ensure_topics
+    from infra.broker import EmbeddedBroker
+    from streams.producer import ClickProducer
+    from streams.worker_process import WorkerProcess
+
+    embedded = None if args.bootstrap else EmbeddedBroker().start()
+    bootstrap = args.bootstrap or embedded.bootstrap
+    settings = KafkaSettings(bootstrap=bootstrap)
+    name = f"bench{int(time.time())}"
+    try:
+        ensure_topics(settings, {f"{name}-clicks": TopicSpec(partitions=args.partitions)})
+        events = synthetic_events(args.events, args.items, args.seed)
+        produce_started = time.monotonic()
+        with ClickProducer(settings, f"{name}-clicks", args.partitions, envelope=args.envelope) as producer:
+            producer.send_many(events)
+        produce_s = time.monotonic() - produce_started
+        with tempfile.TemporaryDirectory(prefix="trail-bench-") as data_dir:
+            worker = WorkerProcess(
+                ["--bootstrap", bootstrap, "--app-id", name, "--partitions", str(args.partitions),
+                 "--clicks-topic", f"{name}-clicks", "--items-topic", f"{name}-items",
+                 "--dlq-topic", f"{name}-dlq", "--trending-topic", f"{name}-trending", "--log-level", "warning"],
+                Path(data_dir)).start()
+            try:
+                status = worker.wait_for(lambda s: s.get("counted", 0) >= args.events, args.timeout_s,
+                                         f"{args.events} events counted")
+                rss_mb = psutil.Process(worker.process.pid).memory_info().rss / 2**20
+            finally:
+                worker.stop()
+        seconds = status["last_counted_at"] - status["first_input_at"]
+        result = {
+            "bench": "ingest",
+            "events": args.events,
+            "envelope": args.envelope,
+            "messages": -(-args.events // args.envelope),
+            "seconds": round(seconds, 3),
+            "events_per_s": round(args.events / seconds),
+            "counted": status["counted"],
+            "partitions": args.partitions,
+            "broker": "embedded tansu (memory)" if embedded else bootstrap,
+            "rss_mb": round(rss_mb, 1),
+            "produce_events_per_s": round(args.events / produce_s),
+            "machine": f"{platform.machine()} {psutil.cpu_count()} cpu",
+        }
+    finally:
+        if embedded:
+            embedded.stop()
+    print(orjson.dumps(result).decode())
+    return 0
