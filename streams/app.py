@@ -54,6 +54,17 @@ class Counters:
         return {k: v for k, v in self.__dict__.items()}
 
 
+def catalogue_text(value: bytes | None) -> str:
+    """The text of an items-topic record ({"item_id", "text"|"title"}); "" when absent or unreadable."""
+    if not value:
+        return ""
+    try:
+        record = orjson.loads(value)
+        return str(record.get("text") or record.get("title") or "")
+    except (orjson.JSONDecodeError, AttributeError):
+        return ""
+
+
 def create_app(config: WorkerConfig, scorer: Scorer) -> faust.App:
     app = faust.App(
         config.app_id,
@@ -203,7 +214,7 @@ class Pipeline:
             await self._report_empty(state, state.reach_slot(idle))
             return
         for boundary in state.due_boundaries(idle):
-            batch = features_at(state.snapshot(), boundary, self.config.spec, self._text_of(state.partition))
+            batch = features_at(state.snapshot(), boundary, self.config.spec, self._texts_of(state.partition))
             candidates = partition_candidates(batch, self.scorer, self.config.top_k)
             message = orjson.dumps({"b": boundary, "p": state.partition, "candidates": candidates})
             await (await self.app.producer.send(
@@ -227,18 +238,12 @@ class Pipeline:
         for partition, writes in by_partition.items():
             await self.commit(self.items_table, partition, writes)
 
-    def _text_of(self, partition: int):
+    def _texts_of(self, partition: int):
         db = self.items_table.data._db_for_partition(partition)
 
-        def text_of(item_id: str) -> str:
-            value = db.get(item_id.encode())
-            if value is None:
-                return ""
-            try:
-                return str(orjson.loads(value).get("text", ""))
-            except (orjson.JSONDecodeError, AttributeError):
-                return ""
-        return text_of
+        def texts_of(item_ids: list[str]) -> list[str]:
+            return [catalogue_text(value) for value in db.get([item.encode() for item in item_ids])]
+        return texts_of
 
     async def flush_idle(self) -> None:
         """Wall-clock fallback for quiet streams: score what the data reached once input stops."""

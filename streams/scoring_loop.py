@@ -19,7 +19,9 @@ from streams.state import Snapshot
 from streams.windows import WindowSpec, bucket_count_matrix, last_event_slot_matrix
 
 
-def features_at(snapshot: Snapshot, boundary: int, spec: WindowSpec, text_of: Callable[[str], str]) -> FeatureBatch:
+def features_at(
+    snapshot: Snapshot, boundary: int, spec: WindowSpec, texts_of: Callable[[list[str]], list[str]]
+) -> FeatureBatch:
     """FeatureBatch of the items with at least one event in the window ending at `boundary`."""
     n_items = len(snapshot.item_ids)
     matrix = bucket_count_matrix(snapshot.item_index, snapshot.slots, snapshot.counts, boundary, spec, n_items)
@@ -27,13 +29,19 @@ def features_at(snapshot: Snapshot, boundary: int, spec: WindowSpec, text_of: Ca
     active = np.flatnonzero(matrix.sum(axis=1) > 0)
     item_ids = [snapshot.item_ids[i] for i in active]
     return FeatureBatch(item_ids, matrix[active], last_slot[active], boundary, spec,
-                        texts=[text_of(item) for item in item_ids])
+                        texts=texts_of(item_ids))
 
 
 def top_k_order(item_ids: list[str], forecast: np.ndarray, k: int) -> np.ndarray:
     """Row indices of the k best forecasts, highest first, ties by item id."""
-    order = sorted(range(len(item_ids)), key=lambda i: (-round(float(forecast[i]), 6), item_ids[i]))
-    return np.asarray(order[:k], dtype=np.int64)
+    rounded = np.round(np.asarray(forecast, dtype=np.float64), 6)
+    if len(rounded) > 4 * k:  # only rows tied with or above the k-th best can make the cut
+        kth = np.partition(rounded, len(rounded) - k)[len(rounded) - k]
+        rows = np.flatnonzero(rounded >= kth)
+    else:
+        rows = np.arange(len(rounded))
+    order = np.lexsort((np.asarray([item_ids[i] for i in rows]), -rounded[rows]))
+    return rows[order[:k]].astype(np.int64)
 
 
 def partition_candidates(batch: FeatureBatch, scorer: Scorer, k: int) -> list[dict]:

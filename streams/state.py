@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from streams.deltas import DeltaColumns
-from streams.windows import WindowSpec, decode_ring, encode_ring, merge_ring
+from streams.windows import RING_DTYPE, WindowSpec, decode_ring
 
 RING_PREFIX = b"i:"
 APPLIED_PREFIX = b"m:applied:"
@@ -96,18 +96,28 @@ class PartitionState:
         return update
 
     def _merged_rings(self, items: np.ndarray, slots: np.ndarray, counts: np.ndarray) -> dict[bytes, bytes]:
+        """New ring values of every touched item, merged for all items at once (no per-item numpy calls)."""
         unique_items, inverse = np.unique(items.astype(str), return_inverse=True)
-        order = np.argsort(inverse, kind="stable")
-        starts = np.searchsorted(inverse[order], np.arange(len(unique_items) + 1))
         keys = [RING_PREFIX + item.encode() for item in unique_items]
-        old_values = self.db.get(keys)
-        oldest_kept = self.oldest_kept_slot()
-        writes: dict[bytes, bytes] = {}
-        for k, key in enumerate(keys):
-            rows = order[starts[k]:starts[k + 1]]
-            ring = merge_ring(decode_ring(old_values[k]), slots[rows], counts[rows], oldest_kept)
-            writes[key] = encode_ring(ring)
-        return writes
+        old_values = [value or b"" for value in self.db.get(keys)]
+        old = decode_ring(b"".join(old_values))
+        old_lengths = np.fromiter(map(len, old_values), dtype=np.int64, count=len(keys)) // RING_DTYPE.itemsize
+        all_items = np.concatenate([np.repeat(np.arange(len(keys)), old_lengths), inverse])
+        all_slots = np.concatenate([old["slot"], slots])
+        all_counts = np.concatenate([old["count"].astype(np.int64), counts])
+        keep = all_slots >= self.oldest_kept_slot()
+        all_items, all_slots, all_counts = all_items[keep], all_slots[keep], all_counts[keep]
+        order = np.lexsort((all_slots, all_items))
+        all_items, all_slots, all_counts = all_items[order], all_slots[order], all_counts[order]
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = (all_items[1:] != all_items[:-1]) | (all_slots[1:] != all_slots[:-1])
+        starts = np.flatnonzero(first)
+        merged = np.empty(len(starts), dtype=RING_DTYPE)
+        merged["slot"] = all_slots[starts]
+        merged["count"] = np.add.reduceat(all_counts, starts) if len(starts) else []
+        bounds = np.searchsorted(all_items[starts], np.arange(len(keys) + 1)) * RING_DTYPE.itemsize
+        buffer = merged.tobytes()
+        return {key: buffer[bounds[k]:bounds[k + 1]] for k, key in enumerate(keys)}
 
     def oldest_kept_slot(self) -> int:
         """Slots before this can no longer be read by any boundary still to be scored."""
@@ -142,14 +152,14 @@ class PartitionState:
 
     def snapshot(self) -> Snapshot:
         item_ids: list[str] = []
-        rings: list[np.ndarray] = []
+        values: list[bytes] = []
         for key, value in self.db.items(from_key=RING_PREFIX):
             if not key.startswith(RING_PREFIX):
                 break
-            ring = decode_ring(value)
-            if len(ring):
+            if value:
                 item_ids.append(key[len(RING_PREFIX):].decode())
-                rings.append(ring)
-        lengths = np.fromiter((len(r) for r in rings), dtype=np.int64, count=len(rings))
-        joined = np.concatenate(rings) if rings else decode_ring(None)
-        return Snapshot(item_ids, np.repeat(np.arange(len(rings)), lengths), joined["slot"], joined["count"])
+                values.append(value)
+        # one decode of all rings at once: concatenating structured arrays one by one is ~10x slower
+        joined = decode_ring(b"".join(values))
+        lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values)) // RING_DTYPE.itemsize
+        return Snapshot(item_ids, np.repeat(np.arange(len(values)), lengths), joined["slot"], joined["count"])
