@@ -21,7 +21,8 @@ def add_parser(subparsers) -> None:
     add_kafka_args(parser)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("file", nargs="?", type=Path, help="JSONL or Parquet events")
-    source.add_argument("--dataset", help="a packaged dataset, e.g. ml-100k (its catalogue goes to --items-topic first)")
+    source.add_argument("--dataset",
+                        help="a packaged dataset, e.g. ml-100k (its catalogue goes to --items-topic first)")
     parser.add_argument("--items", type=Path, help="optional items file (JSONL: item_id, text/title) for FILE")
     parser.add_argument("--topic", default="clicks")
     parser.add_argument("--items-topic", default="items")

@@ -55,7 +55,8 @@ class WorkerProcess:
             if status and predicate(status):
                 return status
             if not self.alive():
-                raise RuntimeError(f"worker exited (code {self.process.returncode}) waiting for {what}:\n{self.log_tail()}")
+                code = self.process.returncode
+                raise RuntimeError(f"worker exited (code {code}) waiting for {what}:\n{self.log_tail()}")
             time.sleep(0.2)
         raise TimeoutError(f"worker did not reach {what} in {timeout_s}s; status {self.status()}\n{self.log_tail()}")
 

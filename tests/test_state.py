@@ -31,7 +31,7 @@ def random_entries(rng, n: int, first_offset: int, slot_lo: int, slot_hi: int) -
 def table_bucket_counts(state: PartitionState, boundary: int) -> dict[str, list[int]]:
     snap = state.snapshot()
     matrix = bucket_count_matrix(snap.item_index, snap.slots, snap.counts, boundary, SPEC, len(snap.item_ids))
-    return {item: row.tolist() for item, row in zip(snap.item_ids, matrix) if row.sum()}
+    return {item: row.tolist() for item, row in zip(snap.item_ids, matrix, strict=False) if row.sum()}
 
 
 def reference_bucket_counts(all_columns: list[DeltaColumns], boundary: int) -> dict[str, list[int]]:
@@ -41,7 +41,7 @@ def reference_bucket_counts(all_columns: list[DeltaColumns], boundary: int) -> d
     slots = np.asarray([s for c in all_columns for s in c.slots])
     counts = np.asarray([n for c in all_columns for n in c.counts])
     matrix = bucket_count_matrix(index, slots, counts, boundary, SPEC, len(names))
-    return {item: row.tolist() for item, row in zip(names, matrix) if row.sum()}
+    return {item: row.tolist() for item, row in zip(names, matrix, strict=False) if row.sum()}
 
 
 def test_batched_deltas_give_the_same_bucket_counts_as_one_pass(tmp_path):
@@ -111,7 +111,7 @@ def test_router_splits_envelopes_by_item_partition_and_drops_duplicate_ids():
     batch = router.route([(2, 7, envelope), (2, 8, b"{oops")], max_ts_ms=10**15)
     assert batch.events == 3 and batch.duplicates == 1 and len(batch.rejections) == 1
     entries = {(item, slot): count for (src, _), cols in batch.deltas.items()
-               for item, slot, count in zip(cols.items, cols.slots, cols.counts)}
+               for item, slot, count in zip(cols.items, cols.slots, cols.counts, strict=False)}
     assert entries == {("a", 1): 1, ("b", 1): 1, ("a", 2): 1}
     assert batch.watermarks == {2: 120000}
     (source, target), columns = next(iter(batch.deltas.items()))
