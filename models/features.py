@@ -86,3 +86,17 @@ def trend_signals(
         "mean_count": counts.mean(axis=1),
         "recency_slots": recency.astype(np.float64),
     }
+
+
+def feature_names(spec: WindowSpec) -> list[str]:
+    """Column names of `feature_matrix`: log1p bucket counts (oldest first), then SIGNAL_NAMES."""
+    return [f"log1p_count_{k - spec.n_buckets}" for k in range(spec.n_buckets)] + list(SIGNAL_NAMES)
+
+
+def feature_matrix(batch: FeatureBatch) -> np.ndarray:
+    """The batch as a float64 model-input matrix [n, n_buckets + len(SIGNAL_NAMES)] (see feature_names)."""
+    if not len(batch):
+        return np.zeros((0, len(feature_names(batch.spec))))
+    counts = np.log1p(batch.bucket_counts.astype(np.float64))
+    signals = np.column_stack([batch.signals[name] for name in SIGNAL_NAMES])
+    return np.hstack([counts, signals])

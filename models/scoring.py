@@ -4,15 +4,26 @@ and the default stream scorer: velocity + acceleration with a template explanati
 A scorer turns a `FeatureBatch` into next-bucket count forecasts and, for the items it is asked about,
 one-or-two-sentence explanations citing only numbers from the batch's signals. Ranking is by forecast.
 No Kafka here.
+
+Optional fit hook (`FittableScorer`): a scorer that learns from history also defines
+``fit(history, spec, boundary_slot)``. The backtest calls it once per origin, before `forecast`, with an
+`EventLog` holding only the events before that origin (so learning cannot leak the future); a scorer
+builds its training pairs from it with `models.backtest.feature_batch_at` / `targets_at`, using only
+boundaries whose target bucket ends at or before `boundary_slot`. Scorers without `fit` are used as
+they are; the stream never calls `fit`.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
 from models.features import FeatureBatch
+
+if TYPE_CHECKING:  # typing only: the stream imports this module and never needs the dataset loaders
+    from models.datasets import EventLog
+    from streams.windows import WindowSpec
 
 
 @runtime_checkable
@@ -27,6 +38,15 @@ class Scorer(Protocol):
 
     def explain(self, batch: FeatureBatch, forecast: np.ndarray, index: np.ndarray) -> list[str]:
         """Explanations for rows `index` of the batch, consistent with `forecast`."""
+        ...
+
+
+@runtime_checkable
+class FittableScorer(Scorer, Protocol):
+    """A `Scorer` that learns from the history before each backtest origin (see the module docstring)."""
+
+    def fit(self, history: EventLog, spec: WindowSpec, boundary_slot: int) -> None:
+        """Learn from `history` (events before `boundary_slot` only); called before `forecast`."""
         ...
 
 
