@@ -4,7 +4,7 @@ One click's path: `count_clicks` (stage 1: decode, validate, DLQ, de-duplicate, 
 `streams.deltas`) -> internal deltas topic, routed to the item's partition -> `apply_deltas` (stage 2:
 `streams.state` adds the deltas to the item's ring, written once per message to RocksDB and its
 changelog) -> when the watermark crosses a slot boundary, the partition's top-K candidates
-(`streams.scoring_loop`) -> `merge_candidates` (one partition) -> global top-K trend v1 records on
+(`streams.scoring_loop`) -> `merge_partitions` (one partition) -> global top-K trend v1 records on
 `trending-items`.
 
 Table writes bypass faust's per-key `table[key] = value` path (one changelog send through a 100-entry
@@ -26,11 +26,11 @@ import orjson
 import rocksdict
 from faust.types import TP
 
-from models.scoring import Scorer
 from streams.config import WorkerConfig
 from streams.deltas import DeltaRouter, decode_deltas, encode_deltas
 from streams.events import dlq_record, latest_acceptable_ts_ms
-from streams.scoring_loop import features_at, merge_candidates, partition_candidates
+from streams.scorer_runtime import ScorerRuntime
+from streams.scoring_loop import features_at, merge_top_k, partition_candidates, trend_records
 from streams.state import PartitionState, StateUpdate
 
 log = logging.getLogger("trail.worker")
@@ -65,7 +65,7 @@ def catalogue_text(value: bytes | None) -> str:
         return ""
 
 
-def create_app(config: WorkerConfig, scorer: Scorer) -> faust.App:
+def create_app(config: WorkerConfig, runtime: ScorerRuntime) -> faust.App:
     app = faust.App(
         config.app_id,
         broker=config.kafka.faust_broker_url(),
@@ -82,7 +82,7 @@ def create_app(config: WorkerConfig, scorer: Scorer) -> faust.App:
         table_cleanup_interval=3600,
     )
     app.conf.broker_commit_every = 10_000
-    pipeline = Pipeline(app, config, scorer)
+    pipeline = Pipeline(app, config, runtime)
     app.trail_pipeline = pipeline  # reachable from tests and the status file
 
     @app.agent(pipeline.clicks_topic)
@@ -124,10 +124,10 @@ def create_app(config: WorkerConfig, scorer: Scorer) -> faust.App:
 class Pipeline:
     """The worker's state and the agents' bodies; holds no logic a pure module could hold."""
 
-    def __init__(self, app: faust.App, config: WorkerConfig, scorer: Scorer) -> None:
+    def __init__(self, app: faust.App, config: WorkerConfig, runtime: ScorerRuntime) -> None:
         self.app = app
         self.config = config
-        self.scorer = scorer
+        self.runtime = runtime
         topics = config.topics
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
         self.clicks_topic = app.topic(topics.clicks, partitions=config.partitions, **raw)
@@ -215,7 +215,8 @@ class Pipeline:
             return
         for boundary in state.due_boundaries(idle):
             batch = features_at(state.snapshot(), boundary, self.config.spec, self._texts_of(state.partition))
-            candidates = partition_candidates(batch, self.scorer, self.config.top_k)
+            forecast, scorer = await self.runtime.forecast(batch)
+            candidates = partition_candidates(batch, forecast, self.config.top_k, scorer.name)
             message = orjson.dumps({"b": boundary, "p": state.partition, "candidates": candidates})
             await (await self.app.producer.send(
                 self.config.candidates_topic, None, message, 0, None, None))
@@ -305,7 +306,7 @@ class Pipeline:
             if boundary > complete_upto:
                 break
             candidates = [c for part in orjson.loads(pending[key]).values() for c in part]
-            records = merge_candidates(candidates, boundary, self.config.spec, self.scorer, self.config.top_k)
+            records = await self._explained_records(candidates, boundary)
             for record in records:
                 await self.app.producer.send(
                     self.config.topics.trending, str(boundary).encode(), orjson.dumps(record), None, None, None)
@@ -314,6 +315,16 @@ class Pipeline:
             writes[key] = b""
             progress["emitted_upto"] = boundary
         return writes
+
+    async def _explained_records(self, candidates: list[dict], boundary: int) -> list[dict]:
+        """Global top-K of a step, explained by the scorer whose forecasts ranked them."""
+        if not candidates:
+            return []
+        batch, forecast, chosen = merge_top_k(candidates, boundary, self.config.spec, self.config.top_k)
+        scorer = self.runtime.scorer_by_name(candidates[chosen[0]].get("model", ""))
+        explanations = await self.runtime.explain(scorer, batch, forecast, chosen)
+        model = {"name": scorer.name, "version": scorer.version, "sha256": scorer.sha256}
+        return trend_records(batch, forecast, chosen, explanations, model)
 
     def log_progress(self) -> None:
         log.info("trail: %s", orjson.dumps(self.counters.as_dict()).decode())
@@ -325,6 +336,7 @@ class Pipeline:
         tmp = path.with_suffix(".tmp")
         assigned = sorted(tp.partition for tp in self.app.consumer.assignment()
                           if tp.topic == self.config.topics.clicks)
-        tmp.write_bytes(orjson.dumps({**self.counters.as_dict(), "scorer": self.scorer.name,
+        tmp.write_bytes(orjson.dumps({**self.counters.as_dict(), "scorer": self.runtime.scorer.name,
+                                      "scorer_fallbacks": self.runtime.fallbacks,
                                       "assigned": assigned, "written_at": time.time()}))
         tmp.replace(path)

@@ -42,7 +42,8 @@ def synthetic_events(n: int, n_items: int, seed: int) -> list[dict]:
     items = (rng.zipf(1.3, size=n) - 1) % n_items
     ts = BASE_TS_MS + np.sort(rng.integers(0, 30 * DAY_MS, size=n))
     users = rng.integers(0, 50_000, size=n)
-    return [{"item_id": f"i{item}", "ts": int(t), "user_id": f"u{u}"} for item, t, u in zip(items, ts, users, strict=False)]
+    return [{"item_id": f"i{item}", "ts": int(t), "user_id": f"u{u}"}
+            for item, t, u in zip(items, ts, users, strict=True)]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,17 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from models.scoring import Scorer, VelocityScorer
 from streams.config import WorkerConfig
 
 log = logging.getLogger("trail.worker")
-
-
-def load_scorer(name: str) -> Scorer:
-    """The stream's scorer: the velocity baseline, or a TRAIL bundle by NAME|DIR."""
-    if name in ("velocity", "baseline"):
-        return VelocityScorer()
-    raise SystemExit(f"unknown scorer {name!r}: use 'velocity' (TRAIL bundles are not wired into the worker yet)")
 
 
 def run_worker(config: WorkerConfig) -> int:
@@ -24,6 +16,7 @@ def run_worker(config: WorkerConfig) -> int:
 
     from infra.tansu_shim import install_end_offset_fix, should_apply_fix
     from streams.app import create_app
+    from streams.scorer_runtime import ScorerRuntime
     from streams.topics import ensure_worker_topics
 
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
@@ -32,8 +25,7 @@ def run_worker(config: WorkerConfig) -> int:
     if should_apply_fix(config.kafka.bootstrap, config.embedded_broker_fix, config.kafka.extra):
         install_end_offset_fix()
         log.info("embedded broker detected: end-offset fix installed")
-    scorer = load_scorer(config.scorer)
-    app = create_app(config, scorer)
+    app = create_app(config, ScorerRuntime(config.scorer, step_budget_s=config.step_budget_s))
 
     @app.task
     async def drop_default_monitor() -> None:

@@ -14,7 +14,6 @@ from collections.abc import Callable
 import numpy as np
 
 from models.features import FeatureBatch
-from models.scoring import Scorer
 from streams.state import Snapshot
 from streams.windows import WindowSpec, bucket_count_matrix, last_event_slot_matrix
 
@@ -44,11 +43,8 @@ def top_k_order(item_ids: list[str], forecast: np.ndarray, k: int) -> np.ndarray
     return rows[order[:k]].astype(np.int64)
 
 
-def partition_candidates(batch: FeatureBatch, scorer: Scorer, k: int) -> list[dict]:
+def partition_candidates(batch: FeatureBatch, forecast: np.ndarray, k: int, model: str) -> list[dict]:
     """The partition's top-k items with what the merge step needs to rank and explain them."""
-    if not len(batch):
-        return []
-    forecast = scorer.forecast(batch)
     return [
         {
             "item_id": batch.item_ids[i],
@@ -56,30 +52,32 @@ def partition_candidates(batch: FeatureBatch, scorer: Scorer, k: int) -> list[di
             "last_event_slot": int(batch.last_event_slot[i]),
             "forecast": float(forecast[i]),
             "text": batch.texts[i],
+            "model": model,
         }
         for i in top_k_order(batch.item_ids, forecast, k)
     ]
 
 
-def merge_candidates(
-    candidates: list[dict], boundary: int, spec: WindowSpec, scorer: Scorer, k: int
-) -> list[dict]:
-    """Global top-k trend v1 records from all partitions' candidates, explained by `scorer`."""
-    if not candidates:
-        return []
+def merge_top_k(candidates: list[dict], boundary: int, spec: WindowSpec, k: int):
+    """All partitions' candidates -> (their FeatureBatch, forecasts, rows of the global top-k in rank order)."""
     batch = FeatureBatch(
         [c["item_id"] for c in candidates],
-        np.asarray([c["counts"] for c in candidates], dtype=np.int64),
+        np.asarray([c["counts"] for c in candidates], dtype=np.int64).reshape(-1, spec.n_buckets),
         np.asarray([c["last_event_slot"] for c in candidates], dtype=np.int64),
         boundary, spec, texts=[c.get("text", "") for c in candidates],
     )
     forecast = np.asarray([c["forecast"] for c in candidates], dtype=np.float64)
-    chosen = top_k_order(batch.item_ids, forecast, k)
-    explanations = scorer.explain(batch, forecast, chosen)
-    end_ms = spec.boundary_ms(boundary)
+    return batch, forecast, top_k_order(batch.item_ids, forecast, k)
+
+
+def trend_records(
+    batch: FeatureBatch, forecast: np.ndarray, chosen: np.ndarray, explanations: list[str], model: dict
+) -> list[dict]:
+    """Trend v1 records of the chosen rows, ranked in the given order."""
+    spec = batch.spec
+    end_ms = spec.boundary_ms(batch.boundary_slot)
     window = {"start": end_ms - spec.window_slots * spec.slot_ms, "end": end_ms,
               "slot_s": spec.slot_s, "bucket_s": spec.bucket_s}
-    model = {"name": scorer.name, "version": scorer.version, "sha256": scorer.sha256}
     now_ms = int(time.time() * 1000)
     records = []
     for rank, (i, explanation) in enumerate(zip(chosen, explanations, strict=True), start=1):

@@ -52,7 +52,10 @@ def add_parser(subparsers) -> None:
     add_window_args(parser)
     parser.add_argument("--top-k", type=int, default=10, help="trending items per step")
     parser.add_argument("--scorer", default="velocity",
-                        help="'velocity' (baseline) or a TRAIL bundle NAME|DIR when built")
+                        help="'velocity' (baseline) or a TRAIL ONNX bundle NAME|DIR (artifacts/bundles/NAME); "
+                        "a missing/corrupt bundle falls back to the baseline and is reloaded when it changes")
+    parser.add_argument("--step-budget-s", type=float, default=5.0,
+                        help="a model step slower than this is scored by the baseline instead")
     parser.add_argument("--data-dir", type=Path, default=Path("artifacts/worker"),
                         help="RocksDB state lives in DATA_DIR/WORKER_ID")
     parser.add_argument("--worker-id", default="w1", help="distinct per worker on one machine")
@@ -73,7 +76,8 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         kafka=settings_from_args(args), topics=topics_from_args(args), app_id=args.app_id,
         partitions=args.partitions, spec=window_spec_from_args(args), top_k=args.top_k,
         data_dir=args.data_dir, batch_max_messages=args.batch_max_messages, idle_flush_s=args.idle_flush_s,
-        max_future_s=args.max_future_s, scorer=args.scorer, embedded_broker_fix=args.embedded_broker_fix,
+        max_future_s=args.max_future_s, scorer=args.scorer, step_budget_s=args.step_budget_s,
+        embedded_broker_fix=args.embedded_broker_fix,
         worker_id=args.worker_id, log_level=args.log_level)
 
 
