@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
                     live.update(render_step(step), refresh=True)
                     if args.duration and time.monotonic() - started > args.duration:
                         break
-                    if done.is_set() and record["window"]["end"] >= final_boundary_ms:
+                    if record["window"]["end"] >= final_boundary_ms and len(step) >= args.top_k:
                         break
             status = worker.status()
         finally:
