@@ -75,17 +75,20 @@ def print_table(result: dict) -> None:
 
     from models.backtest_report import TABLE_COLUMNS, format_value
 
+    # values only: a terminal is too narrow for intervals (they are in --json and --report)
     table = Table(title=f"{result['dataset']}: {len(result['origins'])} origins, buckets of "
-                  f"{result['bucket_s']} s ({result['seconds']:.1f} s)")
-    table.add_column("method")
-    for _, label in TABLE_COLUMNS:
-        table.add_column(label, justify="right")
+                  f"{result['bucket_s']} s ({result['seconds']:.1f} s)",
+                  caption="95 % bootstrap intervals: --json or --report DIR")
+    table.add_column("method", no_wrap=True)
+    for key, _ in TABLE_COLUMNS:
+        table.add_column(key, justify="right")
     for method, values in result["results"].items():
-        table.add_row(method, *[format_value(values.get(k), values.get(f"{k}_ci")) for k, _ in TABLE_COLUMNS])
-    Console().print(table)
+        table.add_row(method, *[format_value(values.get(k), None) for k, _ in TABLE_COLUMNS])
+    console = Console(width=None if sys.stdout.isatty() else 160)  # piped: do not cut columns at 80
+    console.print(table)
     for method, values in result["results"].items():
         if "faithfulness" in values:
-            Console().print(f"{method}: faithfulness {values['faithfulness']:.3f}, "
+            console.print(f"{method}: faithfulness {values['faithfulness']:.3f}, "
                             f"direction consistency {values['direction_consistency']:.3f}")
 
 

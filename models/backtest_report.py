@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.backtest import EXPLAINED_PER_ORIGIN, OriginRecord
+from models.backtest import EXPLAINED_PER_ORIGIN, OriginRecord, origin_iso
 
 TABLE_COLUMNS = (
     ("mae", "MAE ↓"),
@@ -91,6 +91,7 @@ def plot_top_item_forecasts(records: Sequence[OriginRecord], texts: dict[str, st
     items = top_items(records, TOP_ITEMS_PLOTTED)
     methods = list(records[0].forecasts) if records else []
     x = np.arange(len(records))
+    dates = [origin_iso(r.batch.spec, r.origin_slot)[5:10] for r in records]
     fig, axes = plt.subplots(2, 3, figsize=(14, 7), sharex=True, constrained_layout=True)
     for ax, item in zip(axes.flat, items, strict=False):
         rows = [dict(zip(r.batch.item_ids, range(len(r.batch)), strict=True)).get(item) for r in records]
@@ -99,8 +100,9 @@ def plot_top_item_forecasts(records: Sequence[OriginRecord], texts: dict[str, st
         for method in methods:
             forecast = [r.forecasts[method][i] if i is not None else np.nan for r, i in zip(records, rows, strict=True)]
             ax.plot(x, forecast, marker=".", linewidth=1, label=method)
-        ax.set_title(texts.get(item, item)[:40], fontsize=9)
-        ax.set_xlabel("origin #")
+        ax.set_title(texts.get(item, item).split(" | ")[0][:40], fontsize=9)
+        ax.set_xticks(x, dates, rotation=45, fontsize=7)
+        ax.set_xlabel("origin (month-day)")
         ax.set_ylabel("next-bucket count")
     axes.flat[0].legend(fontsize=7)
     fig.savefig(path, dpi=100)
