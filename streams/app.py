@@ -172,7 +172,7 @@ class Pipeline:
         if state is None:
             db = self.counts_table.data._db_for_partition(partition)
             state = self.states[partition] = PartitionState(
-                partition, db, self.config.spec, self.config.partitions)
+                partition, db, self.config.spec, self.config.partitions, self.config.max_candidates)
             self.locks[partition] = asyncio.Lock()
         return state
 

@@ -29,6 +29,7 @@ class WorkerConfig:
     partitions: int = 4
     spec: WindowSpec = field(default_factory=WindowSpec)
     top_k: int = 10
+    max_candidates: int = 10_000             # items per partition a step considers (heavy hitters)
     data_dir: Path = Path("artifacts/worker")
     batch_max_messages: int = 5000
     batch_within_s: float = 0.25

@@ -51,6 +51,9 @@ def add_parser(subparsers) -> None:
     add_topic_args(parser)
     add_window_args(parser)
     parser.add_argument("--top-k", type=int, default=10, help="trending items per step")
+    parser.add_argument("--max-candidates", type=int, default=10_000,
+                        help="items per partition a scoring step considers: the most active recently "
+                        "(a bounded heavy-hitter summary, so memory stays flat with millions of items)")
     parser.add_argument("--scorer", default="velocity",
                         help="'velocity' (baseline) or a TRAIL ONNX bundle NAME|DIR (artifacts/bundles/NAME); "
                         "a missing/corrupt bundle falls back to the baseline and is reloaded when it changes")
@@ -75,6 +78,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     return WorkerConfig(
         kafka=settings_from_args(args), topics=topics_from_args(args), app_id=args.app_id,
         partitions=args.partitions, spec=window_spec_from_args(args), top_k=args.top_k,
+        max_candidates=args.max_candidates,
         data_dir=args.data_dir, batch_max_messages=args.batch_max_messages, idle_flush_s=args.idle_flush_s,
         max_future_s=args.max_future_s, scorer=args.scorer, step_budget_s=args.step_budget_s,
         embedded_broker_fix=args.embedded_broker_fix,

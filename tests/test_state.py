@@ -116,3 +116,23 @@ def test_router_splits_envelopes_by_item_partition_and_drops_duplicate_ids():
     assert batch.watermarks == {2: 120000}
     (source, target), columns = next(iter(batch.deltas.items()))
     assert decode_deltas(encode_deltas(source, 120000, columns))[2] == columns
+
+
+def test_heavy_hitters_keep_the_heaviest_items_within_capacity():
+    from streams.heavy_hitters import HeavyHitters
+
+    hitters = HeavyHitters(capacity=3)
+    hitters.add(["a", "b", "c", "d", "e", "f", "g"], [5, 1, 4, 1, 3, 1, 9])
+    assert hitters.candidates() == ["a", "c", "g"]
+    hitters.decay(0.5)
+    hitters.add(["b"] * 3, [4, 4, 4])
+    assert hitters.candidates() == ["a", "b", "g"] and len(hitters) == 3
+
+
+def test_scoring_snapshot_covers_only_candidates_and_survives_a_reload(tmp_path):
+    db = open_db(tmp_path / "p0")
+    state = PartitionState(0, db, SPEC, n_sources=1, max_candidates=2)
+    apply(state, db, 0, 0, DeltaColumns([0, 1, 2], ["hot", "warm", "cold"], [3, 3, 3], [9, 5, 1]))
+    apply(state, db, 0, 0, DeltaColumns([3, 4, 5], ["hot", "warm", "cold"], [4, 4, 4], [9, 5, 1]))
+    assert state.snapshot().item_ids == ["hot", "warm"]
+    assert PartitionState(0, db, SPEC, n_sources=1, max_candidates=2).snapshot().item_ids == ["hot", "warm"]
