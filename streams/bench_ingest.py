@@ -34,6 +34,7 @@ def add_bench_parser(benches) -> None:
     parser.add_argument("--timeout-s", type=float, default=600)
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scorer", default="velocity", help="the worker's scorer: velocity or a bundle NAME|DIR")
     parser.set_defaults(func=run)
 
 
@@ -46,7 +47,11 @@ def synthetic_events(n: int, n_items: int, seed: int) -> list[dict]:
             for item, t, u in zip(items, ts, users, strict=True)]
 
 
-def run(args: argparse.Namespace) -> int:
+def measure_ingest(
+    events: int, envelope: int, partitions: int, n_items: int, seed: int, bootstrap: str | None = None,
+    scorer: str = "velocity", timeout_s: float = 600,
+) -> dict:
+    """Pre-produce synthetic events, run one worker until its table holds them all; the JSON result."""
     import psutil
 
     from infra.admin import TopicSpec, ensure_topics
@@ -54,46 +59,59 @@ def run(args: argparse.Namespace) -> int:
     from streams.producer import ClickProducer
     from streams.worker_process import WorkerProcess
 
-    embedded = None if args.bootstrap else EmbeddedBroker().start()
-    bootstrap = args.bootstrap or embedded.bootstrap
+    embedded = None if bootstrap else EmbeddedBroker().start()
+    bootstrap = bootstrap or embedded.bootstrap
     settings = KafkaSettings(bootstrap=bootstrap)
-    name = f"bench{int(time.time())}"
+    name = f"bench{int(time.time() * 1000)}"
     try:
-        ensure_topics(settings, {f"{name}-clicks": TopicSpec(partitions=args.partitions)})
-        events = synthetic_events(args.events, args.items, args.seed)
+        ensure_topics(settings, {f"{name}-clicks": TopicSpec(partitions=partitions)})
         produce_started = time.monotonic()
-        with ClickProducer(settings, f"{name}-clicks", args.partitions, envelope=args.envelope) as producer:
-            producer.send_many(events)
+        with ClickProducer(settings, f"{name}-clicks", partitions, envelope=envelope) as producer:
+            producer.send_many(synthetic_events(events, n_items, seed))
         produce_s = time.monotonic() - produce_started
         with tempfile.TemporaryDirectory(prefix="trail-bench-") as data_dir:
             worker = WorkerProcess(
-                ["--bootstrap", bootstrap, "--app-id", name, "--partitions", str(args.partitions),
-                 "--clicks-topic", f"{name}-clicks", "--items-topic", f"{name}-items",
-                 "--dlq-topic", f"{name}-dlq", "--trending-topic", f"{name}-trending", "--log-level", "warning"],
+                ["--bootstrap", bootstrap, "--app-id", name, "--partitions", str(partitions),
+                 "--clicks-topic", f"{name}-clicks", "--items-topic", f"{name}-items", "--dlq-topic", f"{name}-dlq",
+                 "--trending-topic", f"{name}-trending", "--scorer", scorer, "--log-level", "warning"],
                 Path(data_dir)).start()
             try:
-                status = worker.wait_for(lambda s: s.get("counted", 0) >= args.events, args.timeout_s,
-                                         f"{args.events} events counted")
+                status = worker.wait_for(lambda s: s.get("counted", 0) >= events, timeout_s, f"{events} counted")
                 rss_mb = psutil.Process(worker.process.pid).memory_info().rss / 2**20
             finally:
                 worker.stop()
-        seconds = status["last_counted_at"] - status["first_input_at"]
-        result = {
-            "bench": "ingest",
-            "events": args.events,
-            "envelope": args.envelope,
-            "messages": -(-args.events // args.envelope),
-            "seconds": round(seconds, 3),
-            "events_per_s": round(args.events / seconds),
-            "counted": status["counted"],
-            "partitions": args.partitions,
-            "broker": "embedded tansu (memory)" if embedded else bootstrap,
-            "rss_mb": round(rss_mb, 1),
-            "produce_events_per_s": round(args.events / produce_s),
-            "machine": f"{platform.machine()} {psutil.cpu_count()} cpu",
-        }
     finally:
         if embedded:
             embedded.stop()
+    seconds = status["last_counted_at"] - status["first_input_at"]
+    return {
+        "bench": "ingest",
+        "events": events,
+        "envelope": envelope,
+        "messages": -(-events // envelope),
+        "seconds": round(seconds, 3),
+        "events_per_s": round(events / seconds),
+        "counted": status["counted"],
+        "steps_scored": status.get("steps_scored", 0),
+        "scorer": status.get("scorer", scorer),
+        "partitions": partitions,
+        "broker": "embedded tansu (memory)" if embedded else bootstrap,
+        "rss_mb": round(rss_mb, 1),
+        "produce_events_per_s": round(events / produce_s),
+        "machine": machine_description(),
+    }
+
+
+def machine_description() -> str:
+    import os
+
+    import psutil
+
+    return f"{platform.machine()} {psutil.cpu_count()} cpu, load {os.getloadavg()[0]:.1f}"
+
+
+def run(args: argparse.Namespace) -> int:
+    result = measure_ingest(args.events, args.envelope, args.partitions, args.items, args.seed,
+                            args.bootstrap, args.scorer, args.timeout_s)
     print(orjson.dumps(result).decode())
     return 0
