@@ -40,6 +40,7 @@ log = logging.getLogger("trail.worker")
 class Counters:
     events: int = 0
     counted: int = 0             # events added to the table (stage 2)
+    catalogue_items: int = 0     # item records stored from the items topic
     dlq: int = 0
     duplicates: int = 0
     late: int = 0
@@ -238,6 +239,7 @@ class Pipeline:
                 by_partition.setdefault(partition, {})[key] = value
         for partition, writes in by_partition.items():
             await self.commit(self.items_table, partition, writes)
+            self.counters.catalogue_items += len(writes)
 
     def _texts_of(self, partition: int):
         db = self.items_table.data._db_for_partition(partition)
