@@ -1,0 +1,45 @@
+"""`trail export`: a trained TRAIL model -> an ONNX bundle with a sha256 manifest (artifacts/bundles/NAME).
+
+Only argument parsing and progress output here; the work is `export.onnx_export.export_bundle`. torch and
+onnxruntime are imported inside `run` so `trail --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export", help="export a trained TRAIL model to a verified ONNX bundle (step + forecast graphs)",
+        description="Export MODEL (a NAME under artifacts/models or a folder) to ONNX: a step graph with a "
+        "key/value cache (prompt pass and decoding) and a forecast graph, plus tokenizer, config, model card "
+        "and manifest.json with the sha256 of every file. Default output: artifacts/bundles/NAME[-int8].",
+    )
+    p.add_argument("model", metavar="MODEL", help="trained model: NAME under artifacts/models, or a folder")
+    p.add_argument("--out", type=Path, default=None, help="bundle folder (default artifacts/bundles/NAME[-int8])")
+    p.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of the MatMul weights")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON at the end")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from export.onnx_export import export_bundle
+
+    console = Console(stderr=True)
+    with console.status("export") as status:
+        manifest = export_bundle(args.model, args.out.resolve() if args.out else None, int8=args.int8,
+                                 on_stage=lambda name: status.update(f"export: {name}"))
+    folder = args.out.resolve() if args.out else None
+    sizes = ", ".join(f"{f} {manifest['files'][f]['bytes'] / 1e6:.1f} MB"
+                      for f in (manifest["graph"]["step"], manifest["graph"]["forecast"]))
+    console.print(f"exported {manifest['model']['name']} ({manifest['precision']}) to bundle {manifest['name']}"
+                  f"{f' at {folder}' if folder else ''} in {manifest['export_s']} s: {sizes}; "
+                  f"sha256 {manifest['sha256'][:12]}")
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+    return 0

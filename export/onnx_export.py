@@ -1,0 +1,185 @@
+"""`trail export`'s work: a trained TRAIL model (torch) -> a verified ONNX bundle (see `export.bundle`).
+
+Two graphs, traced from the same `TrailModel.hidden` the torch scorer runs (torch.onnx.export, dynamo=False,
+opset 17, dynamic batch / sequence / cache axes):
+
+- step graph: (input_ids, attention_mask, position_ids, numeric_prefix, past_key_i, past_value_i ...) ->
+  (logits at the last position [B, V], forecast_log1p [B], present_key_i, present_value_i ...). The prompt
+  pass feeds an empty cache ([B, H, 0, Dh]) and the numeric prefix [B, P, F]; each decoding step feeds one
+  token, the cache and a prefix of length 0. Only the last position's logits leave the graph (greedy
+  decoding reads nothing else), which saves the [B, T, V] projection of the prompt.
+- forecast graph: the prompt pass without the language-model head and without the cache outputs, for
+  forecasting many items (measured faster than the step graph; see README "ONNX export and serving").
+
+Optional dynamic int8 quantisation of both graphs (onnxruntime.quantization.quantize_dynamic). The weights'
+sha256 is checked against the model card before export (`models.trail_scorer.load_trail_model`). torch is
+imported here: this module is for exporting, never for serving.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from export.bundle import (
+    BUNDLES_DIR,
+    CONFIG_FILE,
+    FORECAST_GRAPH,
+    STEP_GRAPH,
+    TOKENIZER_SUBDIR,
+    write_manifest,
+)
+from models.trail import TrailModel, prompt_inputs
+
+OPSET = 17
+STEP_INPUTS = ("input_ids", "attention_mask", "position_ids", "numeric_prefix")
+
+
+def cache_geometry(model: TrailModel) -> dict:
+    """Layers, key/value heads and head size of the language model's cache."""
+    cfg = model.lm.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return {"n_layers": cfg.num_hidden_layers, "n_kv_heads": cfg.num_key_value_heads, "head_dim": head_dim,
+            "vocab_size": cfg.vocab_size}
+
+
+def past_names(n_layers: int) -> list[str]:
+    return [f"past_{kind}_{i}" for i in range(n_layers) for kind in ("key", "value")]
+
+
+def present_names(n_layers: int) -> list[str]:
+    return [f"present_{kind}_{i}" for i in range(n_layers) for kind in ("key", "value")]
+
+
+class StepGraph(nn.Module):
+    """One step of TRAIL with the cache as flat tensors: what the step graph computes."""
+
+    def __init__(self, model: TrailModel) -> None:
+        super().__init__()
+        self.model = model
+        self.n_layers = model.lm.config.num_hidden_layers
+
+    def forward(self, input_ids, attention_mask, position_ids, numeric_prefix, *past):
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.lm.config)
+        for layer in range(self.n_layers):
+            cache.update(past[2 * layer], past[2 * layer + 1], layer)
+        h, present = self.model.hidden(input_ids, attention_mask, position_ids, numeric_prefix, cache)
+        last = h[:, -1]
+        out = [self.model.lm.lm_head(last), self.model.forecast_head(last)]
+        for layer in range(self.n_layers):
+            out += [present.layers[layer].keys, present.layers[layer].values]
+        return tuple(out)
+
+
+class ForecastGraph(nn.Module):
+    """The prompt pass reduced to the forecast: what the forecast graph computes."""
+
+    def __init__(self, model: TrailModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, position_ids, numeric_prefix):
+        h, _ = self.model.hidden(input_ids, attention_mask, position_ids, numeric_prefix)
+        return self.model.forecast_head(h[:, -1])
+
+
+def example_inputs(model: TrailModel, past_len: int) -> tuple[torch.Tensor, ...]:
+    """Trace inputs: two rows of different lengths (so padding is traced), a prefix and a cache of `past_len`."""
+    n_features = model.config.n_features - model.config.n_prefix
+    ids, mask, pos, numeric = prompt_inputs([[1, 5, 6, 7], [1, 8]], np.zeros((2, n_features), np.float32),
+                                            model.config.n_prefix)
+    g = cache_geometry(model)
+    if past_len:
+        mask = torch.cat([torch.ones(2, past_len, dtype=torch.long), mask], dim=1)
+        pos = pos + past_len
+    past = [torch.zeros(2, g["n_kv_heads"], past_len, g["head_dim"]) for _ in range(2 * g["n_layers"])]
+    return (ids, mask, pos, numeric, *past)
+
+
+def export_step_graph(model: TrailModel, path: Path) -> None:
+    g = cache_geometry(model)
+    past, present = past_names(g["n_layers"]), present_names(g["n_layers"])
+    axes = {"input_ids": {0: "batch", 1: "new_tokens"}, "attention_mask": {0: "batch", 1: "total_len"},
+            "position_ids": {0: "batch", 1: "new_len"}, "numeric_prefix": {0: "batch", 1: "prefix_len"},
+            "logits": {0: "batch"}, "forecast_log1p": {0: "batch"}}
+    axes.update({name: {0: "batch", 2: "past_len"} for name in past})
+    axes.update({name: {0: "batch", 2: "present_len"} for name in present})
+    torch.onnx.export(
+        StepGraph(model), example_inputs(model, past_len=3), str(path), dynamo=False, opset_version=OPSET,
+        input_names=[*STEP_INPUTS, *past], output_names=["logits", "forecast_log1p", *present],
+        dynamic_axes=axes, do_constant_folding=True,
+    )
+
+
+def export_forecast_graph(model: TrailModel, path: Path) -> None:
+    axes = {"input_ids": {0: "batch", 1: "new_tokens"}, "attention_mask": {0: "batch", 1: "total_len"},
+            "position_ids": {0: "batch", 1: "new_len"}, "numeric_prefix": {0: "batch"},
+            "forecast_log1p": {0: "batch"}}
+    torch.onnx.export(
+        ForecastGraph(model), example_inputs(model, past_len=0)[:4], str(path), dynamo=False, opset_version=OPSET,
+        input_names=list(STEP_INPUTS), output_names=["forecast_log1p"], dynamic_axes=axes, do_constant_folding=True,
+    )
+
+
+def quantize_int8(source: Path, target: Path) -> None:
+    """Dynamic int8 quantisation of the MatMul weights (activations quantised per call)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+
+
+def default_bundle_dir(model_name: str, int8: bool) -> Path:
+    return BUNDLES_DIR / (f"{model_name}-int8" if int8 else model_name)
+
+
+def export_bundle(model_name_or_path: str, out_dir: Path | None = None, int8: bool = False,
+                  on_stage=lambda name: None) -> dict:
+    """Export a trained model (NAME under artifacts/models, or a folder) to a bundle; returns its manifest."""
+    from models.trail_scorer import CARD_MD, load_trail_model
+
+    started = time.perf_counter()
+    on_stage("load")
+    model, _, card, model_dir = load_trail_model(model_name_or_path)
+    model.lm.config._attn_implementation = "eager"   # plain MatMul/Softmax: traces without sdpa shortcuts
+    name = card.get("name", model_dir.name)
+    out_dir = Path(out_dir) if out_dir else default_bundle_dir(name, int8)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="trail-export-", dir=out_dir.parent) as tmp:
+        staging = Path(tmp)
+        with torch.inference_mode(False), torch.no_grad():
+            on_stage("step graph")
+            export_step_graph(model, staging / STEP_GRAPH)
+            on_stage("forecast graph")
+            export_forecast_graph(model, staging / FORECAST_GRAPH)
+        for graph in (STEP_GRAPH, FORECAST_GRAPH):
+            if int8:
+                on_stage(f"int8 {graph}")
+                quantize_int8(staging / graph, out_dir / graph)
+            else:
+                shutil.move(staging / graph, out_dir / graph)
+    on_stage("bundle")
+    shutil.copytree(model_dir / TOKENIZER_SUBDIR, out_dir / TOKENIZER_SUBDIR, dirs_exist_ok=True)
+    for file_name in (CONFIG_FILE, "model_card.json", CARD_MD):
+        if (model_dir / file_name).exists():
+            shutil.copy2(model_dir / file_name, out_dir / file_name)
+    config = json.loads((model_dir / CONFIG_FILE).read_text())
+    fields = {
+        "name": out_dir.name,
+        "model": {"name": name, "version": card.get("version", ""), "sha256": card["weights"]["model.safetensors"][
+            "sha256"], "base": config.get("base"), "source_dir": str(model_dir)},
+        "precision": "int8-dynamic" if int8 else "fp32",
+        "graph": {**cache_geometry(model), "opset": OPSET, "step": STEP_GRAPH, "forecast": FORECAST_GRAPH,
+                  "inputs": list(STEP_INPUTS), "outputs": ["logits", "forecast_log1p"]},
+        "trail_config": {k: v for k, v in config.items() if k != "llama"},
+        "export_s": round(time.perf_counter() - started, 1),
+    }
+    return write_manifest(out_dir, fields)

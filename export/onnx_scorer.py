@@ -1,0 +1,91 @@
+"""TRAIL from an ONNX bundle behind the `models.scoring.Scorer` interface, for the stream (no torch here).
+
+`load_bundle_scorer(NAME|DIR)` verifies the sha256 of every bundle file (`export.bundle.verify_bundle`)
+before any graph or tokenizer is read, opens ONNX Runtime sessions (`export.runtime`) and returns a
+`BundleScorer`: forecast() for every row through the forecast graph, explain() for a few rows through
+greedy decoding with the step graph. Prompts are built exactly as `models.trail_scorer.TrailScorer` builds
+them (`export.prompts`). Importing this module must not import torch (tests/test_export.py checks it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from export.bundle import TOKENIZER_SUBDIR, resolve_bundle_dir, verify_bundle
+from export.prompts import PromptTokens, load_tokenizer, numeric_features
+from export.runtime import TrailRuntime
+from models.features import FeatureBatch
+from models.rationales import evidence_text
+
+
+class BundleScorer:
+    """A TRAIL bundle as a `models.scoring.Scorer` (name, version, sha256 from the manifest)."""
+
+    def __init__(self, runtime: TrailRuntime, tokens: PromptTokens, manifest: dict,
+                 forecast_chunk: int = 256, explain_chunk: int = 64) -> None:
+        self.runtime = runtime
+        self.tokens = tokens
+        self.manifest = manifest
+        self.config = manifest["trail_config"]
+        self.name = manifest["name"]
+        self.version = manifest["version"]
+        self.sha256 = manifest["sha256"]
+        self.forecast_chunk = forecast_chunk
+        self.explain_chunk = explain_chunk
+        self.max_new_tokens = int(self.config["max_new_tokens"])
+
+    @property
+    def provider(self) -> str:
+        """The execution provider the sessions really run on (e.g. CPUExecutionProvider)."""
+        return self.runtime.report.active
+
+    def _check_batch(self, batch: FeatureBatch) -> None:
+        if batch.spec.n_buckets != self.config["n_buckets"]:
+            raise ValueError(
+                f"{self.name} was trained on {self.config['n_buckets']} buckets per window, the batch has "
+                f"{batch.spec.n_buckets}; score with the window the model was trained for or retrain it"
+            )
+
+    def features(self, batch: FeatureBatch) -> np.ndarray:
+        return numeric_features(batch.bucket_counts, batch.signals, batch.spec.window_slots)
+
+    def forecast_log1p(self, features: np.ndarray, texts: list[str]) -> np.ndarray:
+        return self.runtime.forecast_log1p(self.tokens.prompts(texts), features, self.forecast_chunk)
+
+    def forecast(self, batch: FeatureBatch) -> np.ndarray:
+        self._check_batch(batch)
+        if not len(batch):
+            return np.zeros(0)
+        return np.maximum(0.0, np.expm1(self.forecast_log1p(self.features(batch), batch.texts)))
+
+    def explanation_rows(self, batch: FeatureBatch, forecast: np.ndarray, index: np.ndarray) -> list[list[int]]:
+        """Prompt + evidence line (signals and the forecast) token ids of rows `index`."""
+        lines = [evidence_text(batch.signals_of(int(i)), float(forecast[i]), batch.spec.bucket_s) for i in index]
+        prompts = self.tokens.prompts([batch.texts[i] for i in index])
+        return [p + e for p, e in zip(prompts, self.tokens.evidence(lines), strict=True)]
+
+    def explain(self, batch: FeatureBatch, forecast: np.ndarray, index: np.ndarray,
+                max_new_tokens: int | None = None) -> list[str]:
+        self._check_batch(batch)
+        index = np.asarray(index, dtype=np.int64)
+        if not len(index):
+            return []
+        rows = self.explanation_rows(batch, forecast, index)
+        features = self.features(batch)[index]
+        cap = max_new_tokens or self.max_new_tokens
+        texts: list[str] = []
+        for start in range(0, len(rows), self.explain_chunk):
+            end = start + self.explain_chunk
+            generated = self.runtime.generate(rows[start:end], features[start:end], cap)
+            texts += [self.tokens.decode(ids) for ids in generated]
+        return texts
+
+
+def load_bundle_scorer(name_or_path: str, providers: str = "auto", intra_op_threads: int = 0) -> BundleScorer:
+    """A verified bundle (NAME -> artifacts/bundles/NAME, or a folder) as a Scorer; providers auto|cpu|cuda."""
+    folder = resolve_bundle_dir(name_or_path)
+    manifest = verify_bundle(folder)
+    config = manifest["trail_config"]
+    tokens = PromptTokens(load_tokenizer(folder / TOKENIZER_SUBDIR), config["bucket_s"], config["max_text_tokens"])
+    runtime = TrailRuntime.open(folder, manifest, providers, intra_op_threads)
+    return BundleScorer(runtime, tokens, manifest)

@@ -1,0 +1,181 @@
+"""ONNX Runtime serving of a TRAIL bundle: sessions, batched forecasts, batched greedy generation.
+
+- `create_session`: CUDA when it really works, else CPU, and says which. onnxruntime-gpu accepts a CUDA
+  request on a machine without a usable GPU, logs an error and silently runs on CPU; the fallback is
+  detected by comparing `session.get_providers()` with the request, logged, and reported.
+- `TrailRuntime.forecast_log1p`: the forecast graph over many items, sorted by prompt length and chunked
+  (little padding).
+- `TrailRuntime.generate`: left-padded greedy decoding with the step graph and its key/value cache, at most
+  `max_new_tokens` tokens, stopping when every row has written <|im_end|> (the same loop as
+  `models.trail_scorer.TrailScorer.generate`).
+Inputs come from `export.prompts`. No torch here (the stream imports this); no bundle verification here
+(`export.bundle`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export.prompts import EOS_ID, prompt_inputs
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+PROVIDER_CHOICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class ProviderReport:
+    """What was asked for and what the session really runs on."""
+
+    requested: str               # "auto" | "cpu" | "cuda"
+    active: str                  # the first provider of session.get_providers()
+    fell_back: bool              # CUDA was asked for (explicitly or by auto) and the session runs on CPU
+    reason: str = ""
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.active == CUDA else "cpu"
+
+
+def nvidia_device_present() -> bool:
+    """Whether the kernel exposes an NVIDIA device (cheap; says nothing about the CUDA libraries)."""
+    return Path("/dev/nvidiactl").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def provider_list(providers: str) -> list[str]:
+    """The execution providers to ask onnxruntime for.
+
+    cpu: CPU only. cuda: CUDA first (a fallback is detected after the session is made). auto: CUDA first when
+    this onnxruntime build has it and an NVIDIA device exists, else CPU.
+    """
+    import onnxruntime as ort
+
+    if providers not in PROVIDER_CHOICES:
+        raise ValueError(f"providers must be one of {PROVIDER_CHOICES}, got {providers!r}")
+    if providers == "cuda" or (
+        providers == "auto" and CUDA in ort.get_available_providers() and nvidia_device_present()
+    ):
+        return [CUDA, CPU]
+    return [CPU]
+
+
+def session_options(intra_op_threads: int = 0):
+    """Sequential execution, all graph optimisations, `intra_op_threads` (0: one per core)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = intra_op_threads or (os.cpu_count() or 1)
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3   # onnxruntime's own CUDA-missing error; the fallback is reported below
+    return options
+
+
+def create_session(path: Path, providers: str = "auto", intra_op_threads: int = 0):
+    """(onnxruntime.InferenceSession, ProviderReport) for one graph; a CUDA request that fell back is logged."""
+    import onnxruntime as ort
+
+    wanted = provider_list(providers)
+    session = ort.InferenceSession(str(path), sess_options=session_options(intra_op_threads), providers=wanted)
+    active = session.get_providers()[0]
+    fell_back = wanted[0] == CUDA and active != CUDA
+    reason = ""
+    if fell_back:
+        reason = (f"asked for {CUDA} ({providers}) but the session runs on {active}: no usable CUDA device or "
+                  "CUDA/cuDNN libraries on this machine")
+        (log.warning if providers == "cuda" else log.info)("%s: %s", Path(path).name, reason)
+    return session, ProviderReport(requested=providers, active=active, fell_back=fell_back, reason=reason)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Shapes the graphs expect (from the bundle manifest)."""
+
+    n_layers: int
+    n_kv_heads: int
+    head_dim: int
+    n_prefix: int
+    n_features: int        # width of one numeric prefix row (item features + prefix one-hot)
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> Geometry:
+        g, t = manifest["graph"], manifest["trail_config"]
+        n_features = t["n_buckets"] + 8 + t["n_prefix"]
+        return cls(g["n_layers"], g["n_kv_heads"], g["head_dim"], t["n_prefix"], n_features)
+
+
+class TrailRuntime:
+    """The step and forecast graphs of one bundle behind numpy calls."""
+
+    def __init__(self, step_session, forecast_session, geometry: Geometry, report: ProviderReport) -> None:
+        self.step_session = step_session
+        self.forecast_session = forecast_session
+        self.geometry = geometry
+        self.report = report
+        self.present_names = [o.name for o in step_session.get_outputs()][2:]
+        self.past_names = [name.replace("present_", "past_") for name in self.present_names]
+
+    @classmethod
+    def open(cls, folder: Path, manifest: dict, providers: str = "auto", intra_op_threads: int = 0) -> TrailRuntime:
+        """Sessions for a bundle folder whose hashes were already verified (`export.bundle.verify_bundle`)."""
+        g = manifest["graph"]
+        step, report = create_session(folder / g["step"], providers, intra_op_threads)
+        forecast, _ = create_session(folder / g["forecast"], providers, intra_op_threads)
+        return cls(step, forecast, Geometry.from_manifest(manifest), report)
+
+    def forecast_log1p(self, rows: list[list[int]], features: np.ndarray, chunk: int = 256) -> np.ndarray:
+        """log1p next-bucket counts of every row, chunked by prompt length (shortest first, to pad little)."""
+        out = np.zeros(len(rows), dtype=np.float64)
+        order = np.argsort([len(r) for r in rows], kind="stable")
+        for start in range(0, len(order), chunk):
+            part = order[start:start + chunk]
+            feeds = prompt_inputs([rows[i] for i in part], features[part], self.geometry.n_prefix)
+            out[part] = self.forecast_session.run(["forecast_log1p"], feeds)[0]
+        return out
+
+    def empty_cache(self, batch: int) -> dict[str, np.ndarray]:
+        g = self.geometry
+        empty = np.zeros((batch, g.n_kv_heads, 0, g.head_dim), dtype=np.float32)
+        return dict.fromkeys(self.past_names, empty)
+
+    def step(self, feeds: dict[str, np.ndarray], cache: dict[str, np.ndarray]):
+        """One run of the step graph: (logits [B, V], forecast_log1p [B], present cache as the next past)."""
+        outputs = self.step_session.run(None, {**feeds, **cache})
+        return outputs[0], outputs[1], dict(zip(self.past_names, outputs[2:], strict=True))
+
+    def generate(self, rows: list[list[int]], features: np.ndarray, max_new_tokens: int) -> list[list[int]]:
+        """Greedy token ids per row (ending with <|im_end|> when written), at most max_new_tokens each.
+
+        The loop of `TrailScorer.generate`, except that a row that has written <|im_end|> leaves the batch
+        (its later tokens are cut off anyway), so the batch shrinks as rows finish.
+        """
+        feeds = prompt_inputs(rows, features, self.geometry.n_prefix)
+        logits, _, cache = self.step(feeds, self.empty_cache(len(rows)))
+        next_ids = logits.argmax(axis=-1).astype(np.int64)
+        mask, pos = feeds["attention_mask"], feeds["position_ids"][:, -1:]
+        active = np.arange(len(rows))                      # original row of each batch row
+        out: list[list[int]] = [[] for _ in rows]
+        for _ in range(max_new_tokens):
+            for row, token in zip(active, next_ids.tolist(), strict=True):
+                out[row].append(token)
+            keep = next_ids != EOS_ID
+            if not keep.any() or len(out[active[0]]) == max_new_tokens:
+                break
+            if not keep.all():
+                active, next_ids, mask, pos = active[keep], next_ids[keep], mask[keep], pos[keep]
+                cache = {name: value[keep] for name, value in cache.items()}
+            mask = np.concatenate([mask, np.ones((len(active), 1), dtype=np.int64)], axis=1)
+            pos = pos + 1
+            step_feeds = {"input_ids": next_ids[:, None], "attention_mask": mask, "position_ids": pos,
+                          "numeric_prefix": np.zeros((len(active), 0, self.geometry.n_features), dtype=np.float32)}
+            logits, _, cache = self.step(step_feeds, cache)
+            next_ids = logits.argmax(axis=-1).astype(np.int64)
+        return out
