@@ -45,9 +45,9 @@ def say(args: argparse.Namespace, message: str) -> None:
 
 def ensure_bundle(args: argparse.Namespace) -> str:
     """The bundle to score with, built (train tiny -> export) when it does not exist yet."""
-    from streams.scorer_runtime import bundle_dir
+    from export.bundle import MANIFEST, resolve_bundle_dir
 
-    if (bundle_dir(args.bundle) / "manifest.json").exists():
+    if (resolve_bundle_dir(args.bundle) / MANIFEST).exists():
         return args.bundle
     if args.bundle != "trail-tiny":
         raise SystemExit(f"bundle {args.bundle!r} not found; build it with `trail export MODEL --out ...`")

@@ -12,10 +12,10 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 
+from export.bundle import MANIFEST, resolve_bundle_dir
 from models.features import FeatureBatch
 from models.scoring import Scorer, VelocityScorer
 
@@ -23,33 +23,27 @@ log = logging.getLogger("trail.scorer")
 BASELINE_NAMES = ("velocity", "baseline")
 
 
-def load_bundle(name_or_path: str) -> Scorer:
+def load_bundle(name_or_path: str, intra_op_threads: int) -> Scorer:
     """Load a TRAIL ONNX bundle (hashes verified by the loader); raises with the reason if unusable."""
     from export.onnx_scorer import load_bundle_scorer
 
-    return load_bundle_scorer(name_or_path)
-
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def bundle_dir(name_or_path: str) -> Path:
-    """A bundle DIR as given, else NAME under artifacts/bundles/."""
-    path = Path(name_or_path)
-    return path if path.is_dir() else REPO_ROOT / "artifacts" / "bundles" / name_or_path
+    return load_bundle_scorer(name_or_path, providers="auto", intra_op_threads=intra_op_threads)
 
 
 def bundle_fingerprint(name_or_path: str) -> float | None:
     """mtime of the bundle's manifest, or None if there is none (a change triggers a reload)."""
     try:
-        return (bundle_dir(name_or_path) / "manifest.json").stat().st_mtime
+        return (resolve_bundle_dir(name_or_path) / MANIFEST).stat().st_mtime
     except OSError:
         return None
 
 
 class ScorerRuntime:
-    def __init__(self, scorer_name: str, step_budget_s: float = 5.0, reload_check_s: float = 5.0) -> None:
+    def __init__(self, scorer_name: str, step_budget_s: float = 5.0, reload_check_s: float = 5.0,
+                 intra_op_threads: int = 1) -> None:
+        # one ONNX thread by default: on a small box the other core keeps ingesting while a step runs
         self.scorer_name = scorer_name
+        self.intra_op_threads = intra_op_threads
         self.step_budget_s = step_budget_s
         self.reload_check_s = reload_check_s
         self.baseline: Scorer = VelocityScorer()
@@ -69,7 +63,7 @@ class ScorerRuntime:
             return self.baseline
         self._fingerprint = bundle_fingerprint(self.scorer_name)
         try:
-            scorer = load_bundle(self.scorer_name)
+            scorer = load_bundle(self.scorer_name, self.intra_op_threads)
         except Exception as exc:  # noqa: BLE001 - a bad bundle must never stop the stream
             log.error("TRAIL bundle %r is unusable (%s: %s); scoring with the %s baseline until it is fixed",
                       self.scorer_name, type(exc).__name__, exc, self.baseline.name)
