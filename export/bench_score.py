@@ -23,6 +23,7 @@ def add_bench_parser(benches) -> None:
     p.add_argument("--providers", choices=("auto", "cpu", "cuda"), default="auto",
                    help="execution provider (auto: CUDA when it really works, else CPU)")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: one per core)")
+    p.add_argument("--spin", action="store_true", help="let idle onnxruntime threads busy-wait (off by default)")
     p.add_argument("--items", type=int, default=10_000, help="items in the forecast benchmark")
     p.add_argument("--explain-batch", type=int, default=50, help="items explained per call")
     p.add_argument("--new-tokens", type=int, default=48, help="length cap of each explanation")
@@ -69,12 +70,14 @@ def percentile_ms(samples_s: list[float], q: float) -> float:
     return round(float(np.percentile(np.asarray(samples_s) * 1000.0, q)), 1)
 
 
-def time_forecast(scorer, batch) -> float:
-    """Items per second of scorer.forecast over the whole batch (after one warm-up call on a slice)."""
+def time_forecast(scorer, batch) -> dict:
+    """Items per wall second and per CPU second of scorer.forecast over the batch (after a warm-up call)."""
     scorer.forecast(batch.subset(range(min(512, len(batch)))))
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     scorer.forecast(batch)
-    return len(batch) / (time.perf_counter() - started)
+    wall_s, cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
+    return {"forecast_items": len(batch), "forecast_items_per_s": round(len(batch) / wall_s),
+            "forecast_items_per_cpu_s": round(len(batch) / max(cpu_s, 1e-9))}
 
 
 def time_explain(scorer, batch, explain_batch: int, new_tokens: int, repeats: int) -> dict:
@@ -85,13 +88,17 @@ def time_explain(scorer, batch, explain_batch: int, new_tokens: int, repeats: in
     forecast = scorer.forecast(sub)
     index = np.arange(len(sub))
     texts = scorer.explain(sub, forecast, index, max_new_tokens=new_tokens)
-    samples = []
+    generated = scorer.runtime.generate(scorer.explanation_rows(sub, forecast, index), scorer.features(sub), new_tokens)
+    samples, cpu_samples = [], []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         scorer.explain(sub, forecast, index, max_new_tokens=new_tokens)
         samples.append(time.perf_counter() - started)
+        cpu_samples.append(time.process_time() - cpu_started)
     return {"explain_batch": len(sub), "explain_new_tokens_cap": new_tokens,
             "explain_p50_ms": percentile_ms(samples, 50), "explain_p99_ms": percentile_ms(samples, 99),
+            "explain_cpu_p50_ms": percentile_ms(cpu_samples, 50),
+            "explain_mean_new_tokens": round(float(np.mean([len(ids) for ids in generated])), 1),
             "explain_repeats": repeats, "explain_example": texts[0] if texts else ""}
 
 
@@ -117,15 +124,15 @@ def run(args: argparse.Namespace) -> int:
 
     load_avg = os.getloadavg()
     started = time.perf_counter()
-    scorer = load_bundle_scorer(args.bundle, providers=args.providers, intra_op_threads=args.threads)
+    scorer = load_bundle_scorer(args.bundle, providers=args.providers, intra_op_threads=args.threads, spin=args.spin)
     load_s = time.perf_counter() - started
     batch = synthetic_batch(max(args.items, args.explain_batch), n_buckets=scorer.config["n_buckets"])
     result = {
         "bundle": scorer.name, "version": scorer.version, "precision": scorer.manifest["precision"],
         "provider": scorer.provider, "provider_fell_back": scorer.runtime.report.fell_back,
         "threads": args.threads or os.cpu_count(), "load_s": round(load_s, 2),
-        "forecast_items": args.items,
-        "forecast_items_per_s": round(time_forecast(scorer, batch.subset(range(args.items)))),
+        "spin": args.spin,
+        **time_forecast(scorer, batch.subset(range(args.items))),
         **time_explain(scorer, batch, args.explain_batch, args.new_tokens, args.repeats),
     }
     if not args.no_parity:

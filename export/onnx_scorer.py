@@ -81,11 +81,15 @@ class BundleScorer:
         return texts
 
 
-def load_bundle_scorer(name_or_path: str, providers: str = "auto", intra_op_threads: int = 0) -> BundleScorer:
-    """A verified bundle (NAME -> artifacts/bundles/NAME, or a folder) as a Scorer; providers auto|cpu|cuda."""
+def load_bundle_scorer(name_or_path: str, providers: str = "auto", intra_op_threads: int = 0,
+                       spin: bool = False) -> BundleScorer:
+    """A verified bundle (NAME -> artifacts/bundles/NAME, or a folder) as a Scorer; providers auto|cpu|cuda.
+
+    intra_op_threads: onnxruntime threads per session (0: one per core); spin: let idle threads busy-wait.
+    """
     folder = resolve_bundle_dir(name_or_path)
     manifest = verify_bundle(folder)
     config = manifest["trail_config"]
     tokens = PromptTokens(load_tokenizer(folder / TOKENIZER_SUBDIR), config["bucket_s"], config["max_text_tokens"])
-    runtime = TrailRuntime.open(folder, manifest, providers, intra_op_threads)
+    runtime = TrailRuntime.open(folder, manifest, providers, intra_op_threads, spin)
     return BundleScorer(runtime, tokens, manifest)
