@@ -97,7 +97,7 @@ def create_session(path: Path, providers: str = "auto", intra_op_threads: int = 
     if fell_back:
         reason = (f"asked for {CUDA} ({providers}) but the session runs on {active}: no usable CUDA device or "
                   "CUDA/cuDNN libraries on this machine")
-        (log.warning if providers == "cuda" else log.info)("%s: %s", Path(path).name, reason)
+        log.warning("%s: %s", Path(path).name, reason)
     return session, ProviderReport(requested=providers, active=active, fell_back=fell_back, reason=reason)
 
 
@@ -112,10 +112,11 @@ class Geometry:
     n_features: int        # width of one numeric prefix row (item features + prefix one-hot)
 
     @classmethod
-    def from_manifest(cls, manifest: dict) -> Geometry:
+    def from_manifest(cls, manifest: dict, step_session) -> Geometry:
+        """Cache shapes from the manifest; the numeric prefix width from the graph's own input."""
         g, t = manifest["graph"], manifest["trail_config"]
-        n_features = t["n_buckets"] + 8 + t["n_prefix"]
-        return cls(g["n_layers"], g["n_kv_heads"], g["head_dim"], t["n_prefix"], n_features)
+        numeric = next(i for i in step_session.get_inputs() if i.name == "numeric_prefix")
+        return cls(g["n_layers"], g["n_kv_heads"], g["head_dim"], t["n_prefix"], int(numeric.shape[2]))
 
 
 class TrailRuntime:
@@ -136,7 +137,7 @@ class TrailRuntime:
         g = manifest["graph"]
         step, report = create_session(folder / g["step"], providers, intra_op_threads, spin)
         forecast, _ = create_session(folder / g["forecast"], providers, intra_op_threads, spin)
-        return cls(step, forecast, Geometry.from_manifest(manifest), report)
+        return cls(step, forecast, Geometry.from_manifest(manifest, step), report)
 
     def forecast_log1p(self, rows: list[list[int]], features: np.ndarray, chunk: int = 256) -> np.ndarray:
         """log1p next-bucket counts of every row, chunked by prompt length (shortest first, to pad little)."""

@@ -137,10 +137,18 @@ def test_cpu_provider_is_selected_and_reported(bundle_dir):
 
 
 @pytest.mark.skipif(nvidia_device_present(), reason="this machine has an NVIDIA device")
-def test_asking_for_cuda_without_a_gpu_is_detected_as_a_fallback(bundle_dir):
-    _, report = create_session(bundle_dir / "forecast.onnx", providers="cuda", intra_op_threads=1)
+def test_asking_for_cuda_without_a_gpu_is_detected_as_a_fallback_and_logged(bundle_dir, caplog):
+    with caplog.at_level("WARNING", logger="export.runtime"):
+        _, report = create_session(bundle_dir / "forecast.onnx", providers="cuda", intra_op_threads=1)
     assert report.fell_back and report.active == CPU
     assert "CUDAExecutionProvider" in report.reason
+    assert "forecast.onnx: asked for CUDAExecutionProvider" in caplog.text
+
+
+@pytest.mark.skipif(nvidia_device_present(), reason="this machine has an NVIDIA device")
+def test_auto_runs_on_cpu_without_asking_for_cuda_when_there_is_no_device(bundle_dir):
+    _, report = create_session(bundle_dir / "forecast.onnx", providers="auto", intra_op_threads=1)
+    assert (report.active, report.fell_back) == (CPU, False)
 
 
 def test_serving_path_never_imports_torch(bundle_dir):
