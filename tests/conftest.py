@@ -33,3 +33,23 @@ def unique_topic(request: pytest.FixtureRequest) -> Callable[..., str]:
         return f"{base}-{test_name}-{next(_topic_counter)}"
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_trail_model(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny TRAIL model trained for a few steps on ml-100k (seconds), saved as `trail train` saves it."""
+    from models.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("models") / "trail-tiny-session"
+    train(TrainConfig.for_base("tiny", steps=2, batch_size=8, explain_rows=2, contrastive_rows=2, val_days=0), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_trail_bundle(tiny_trail_model, tmp_path_factory: pytest.TempPathFactory):
+    """The fp32 ONNX bundle of `tiny_trail_model`, made by `trail export`."""
+    from streams.cli import main
+
+    out = tmp_path_factory.mktemp("bundles") / "trail-tiny-session"
+    assert main(["export", str(tiny_trail_model), "--out", str(out)]) == 0
+    return out
