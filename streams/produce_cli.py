@@ -79,7 +79,12 @@ def run(args: argparse.Namespace) -> int:
 
     from streams.producer import ClickProducer, produce_items
 
+    from infra.admin import TopicSpec, ensure_topics
+
     settings = settings_from_args(args)
+    # explicit topics: the embedded broker would auto-create 4 partitions and never compact `items`
+    ensure_topics(settings, {args.topic: TopicSpec(partitions=args.partitions),
+                             args.items_topic: TopicSpec(partitions=args.partitions, compact=True)})
     if args.dataset:
         from models.datasets import load_dataset
 
