@@ -77,9 +77,8 @@ def paced(events: Iterator[dict | bytes], speed: float) -> Iterator[dict | bytes
 def run(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from streams.producer import ClickProducer, produce_items
-
     from infra.admin import TopicSpec, ensure_topics
+    from streams.producer import ClickProducer, produce_items
 
     settings = settings_from_args(args)
     # explicit topics: the embedded broker would auto-create 4 partitions and never compact `items`
