@@ -143,7 +143,10 @@ def default_bundle_dir(model_name: str, int8: bool) -> Path:
 
 def export_bundle(model_name_or_path: str, out_dir: Path | None = None, int8: bool = False,
                   on_stage=lambda name: None) -> dict:
-    """Export a trained model (NAME under artifacts/models, or a folder) to a bundle; returns its manifest."""
+    """Export a trained model (NAME under artifacts/models, or a folder) to a bundle; returns its manifest.
+
+    The default bundle folder is artifacts/bundles/<model folder name>[-int8].
+    """
     from models.trail_scorer import CARD_MD, load_trail_model
 
     started = time.perf_counter()
@@ -151,7 +154,7 @@ def export_bundle(model_name_or_path: str, out_dir: Path | None = None, int8: bo
     model, _, card, model_dir = load_trail_model(model_name_or_path)
     model.lm.config._attn_implementation = "eager"   # plain MatMul/Softmax: traces without sdpa shortcuts
     name = card.get("name", model_dir.name)
-    out_dir = Path(out_dir) if out_dir else default_bundle_dir(name, int8)
+    out_dir = Path(out_dir) if out_dir else default_bundle_dir(model_dir.name, int8)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="trail-export-", dir=out_dir.parent) as tmp:
         staging = Path(tmp)

@@ -131,6 +131,14 @@ def test_a_bundle_name_resolves_under_artifacts_bundles():
     assert resolve_bundle_dir("trail-tiny") == REPO_ROOT / "artifacts" / "bundles" / "trail-tiny"
 
 
+def test_default_bundle_folder_is_the_model_folder_name_under_artifacts_bundles():
+    from export.onnx_export import default_bundle_dir
+
+    bundles = REPO_ROOT / "artifacts" / "bundles"
+    assert default_bundle_dir("trail-tiny", int8=False) == bundles / "trail-tiny"
+    assert default_bundle_dir("trail-smollm2", int8=True) == bundles / "trail-smollm2-int8"
+
+
 def test_cpu_provider_is_selected_and_reported(bundle_dir):
     _, report = create_session(bundle_dir / "forecast.onnx", providers="cpu", intra_op_threads=1)
     assert (report.active, report.fell_back, report.device) == (CPU, False, "cpu")
