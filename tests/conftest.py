@@ -35,6 +35,25 @@ def unique_topic(request: pytest.FixtureRequest) -> Callable[..., str]:
     return make
 
 
+@pytest.fixture
+def make_replay(broker: str):
+    """A factory of isolated pipelines (tests/streamkit.Replay) whose workers are stopped at teardown,
+    even when the test fails half-way."""
+    from tests.streamkit import Replay
+
+    made: list = []
+
+    def make(name: str, data_dir, **kwargs):
+        replay = Replay(broker, name, data_dir, **kwargs)
+        made.append(replay)
+        return replay
+
+    yield make
+    for replay in made:
+        for worker in replay.workers:
+            worker.kill()
+
+
 @pytest.fixture(scope="session")
 def tiny_trail_model(tmp_path_factory: pytest.TempPathFactory):
     """A tiny TRAIL model trained for a few steps on ml-100k (seconds), saved as `trail train` saves it."""

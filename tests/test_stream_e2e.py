@@ -43,9 +43,9 @@ def last_step_end(events: list[dict]) -> int:
     return (max(e["ts"] for e in events) // DAY_MS) * DAY_MS
 
 
-def test_trend_records_validate_and_counts_equal_a_recount(broker, unique_topic, tmp_path):
+def test_trend_records_validate_and_counts_equal_a_recount(make_replay, unique_topic, tmp_path):
     events = make_events(6000, n_items=12, days=35)
-    replay = Replay(broker, unique_topic("e2e"), tmp_path, top_k=12)
+    replay = make_replay(unique_topic("e2e"), tmp_path, top_k=12)
     replay.start_worker()
     replay.wait_assigned()
     replay.produce(events)
@@ -67,7 +67,7 @@ def test_trend_records_validate_and_counts_equal_a_recount(broker, unique_topic,
         assert all(r["explanation"] for r in records_of_step)
 
 
-def test_bad_events_land_in_the_dlq_with_a_reason_and_good_ones_are_counted(broker, unique_topic, tmp_path):
+def test_bad_events_land_in_the_dlq_with_a_reason_and_good_ones_are_counted(make_replay, unique_topic, tmp_path):
     good = make_events(400, n_items=5, days=20, seed=3)
     far_future_ms = int((time.time() + 10 * 365 * 86400) * 1000)
     bad = [
@@ -81,7 +81,7 @@ def test_bad_events_land_in_the_dlq_with_a_reason_and_good_ones_are_counted(brok
         orjson.dumps([{"item_id": "ok-in-envelope", "ts": good[1]["ts"]}, {"item_id": None, "ts": 1}]),
         b"[1, 2",
     ]
-    replay = Replay(broker, unique_topic("dlq"), tmp_path, top_k=10)
+    replay = make_replay(unique_topic("dlq"), tmp_path, top_k=10)
     worker = replay.start_worker()
     replay.wait_assigned()
     replay.produce_raw(bad)
@@ -107,9 +107,9 @@ def test_bad_events_land_in_the_dlq_with_a_reason_and_good_ones_are_counted(brok
                                                            "event_id": "envelope"}])
 
 
-def test_sigkilled_worker_restarts_without_losing_or_double_counting(broker, unique_topic, tmp_path):
+def test_sigkilled_worker_restarts_without_losing_or_double_counting(make_replay, unique_topic, tmp_path):
     events = make_events(60_000, n_items=12, days=35, seed=11)
-    replay = Replay(broker, unique_topic("kill"), tmp_path, top_k=12)
+    replay = make_replay(unique_topic("kill"), tmp_path, top_k=12)
     worker = replay.start_worker()
     replay.wait_assigned()
     chunks = [events[i:i + 3000] for i in range(0, len(events), 3000)]
@@ -125,10 +125,10 @@ def test_sigkilled_worker_restarts_without_losing_or_double_counting(broker, uni
     assert_counts_match_recount(by_step(records), events)
 
 
-def test_two_workers_give_the_same_global_top_k_as_one(broker, unique_topic, tmp_path):
+def test_two_workers_give_the_same_global_top_k_as_one(make_replay, unique_topic, tmp_path):
     events = make_events(8000, n_items=30, days=30, seed=5)
-    one = Replay(broker, unique_topic("one"), tmp_path / "one", top_k=8)
-    two = Replay(broker, unique_topic("two"), tmp_path / "two", top_k=8)
+    one = make_replay(unique_topic("one"), tmp_path / "one", top_k=8)
+    two = make_replay(unique_topic("two"), tmp_path / "two", top_k=8)
     one.start_worker()
     two.start_worker("a")
     two.start_worker("b")
@@ -146,16 +146,16 @@ def test_two_workers_give_the_same_global_top_k_as_one(broker, unique_topic, tmp
         assert comparable(steps_one[step]) == comparable(steps_two[step])
 
 
-def test_replaying_a_file_at_two_speeds_gives_identical_trends(broker, unique_topic, tmp_path):
+def test_replaying_a_file_at_two_speeds_gives_identical_trends(make_replay, unique_topic, tmp_path):
     events = make_events(3000, n_items=10, days=28, seed=9)
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"\n".join(orjson.dumps(e) for e in events))
     results = []
     for speed in ("0", str(28 * 86400 / 6)):   # as fast as possible, and 28 days in ~6 s
-        replay = Replay(broker, unique_topic("speed"), tmp_path / speed, top_k=10)
+        replay = make_replay(unique_topic("speed"), tmp_path / speed, top_k=10)
         replay.start_worker()
         replay.wait_assigned()
-        subprocess.run([sys.executable, "-m", "streams.cli", "produce", str(path), "--bootstrap", broker,
+        subprocess.run([sys.executable, "-m", "streams.cli", "produce", str(path), "--bootstrap", replay.bootstrap,
                         "--topic", replay.topics["clicks"], "--speed", speed, "--envelope", "20", "--quiet"],
                        check=True, capture_output=True)
         results.append(by_step(wait_for_step(replay, last_step_end(events))))

@@ -49,13 +49,13 @@ def wait_for_end(replay: Replay, end_ms: int, timeout_s: float = 240) -> list[di
     raise TimeoutError("final step never arrived: " + replay.workers[-1].log_tail(3000))
 
 
-def test_live_trends_equal_the_backtest_path_for_the_same_steps(broker, unique_topic, tmp_path, ml100k,
+def test_live_trends_equal_the_backtest_path_for_the_same_steps(make_replay, unique_topic, tmp_path, ml100k,
                                                                tiny_trail_bundle, tiny_trail_model):
     from models.backtest import feature_batch_at
     from models.trail_scorer import load_trail_scorer
 
     events = first_weeks(ml100k, 12)
-    replay = Replay(broker, unique_topic("parity"), tmp_path, top_k=5)
+    replay = make_replay(unique_topic("parity"), tmp_path, top_k=5)
     start_ml100k_worker(replay, ml100k, str(tiny_trail_bundle))
     replay.produce(events)
     last_end = max(e["ts"] for e in events) // DAY_MS * DAY_MS
@@ -80,7 +80,7 @@ def test_live_trends_equal_the_backtest_path_for_the_same_steps(broker, unique_t
 
 
 def test_corrupt_bundle_falls_back_to_the_baseline_then_is_swapped_in_without_a_restart(
-        broker, unique_topic, tmp_path, ml100k, tiny_trail_bundle):
+        make_replay, unique_topic, tmp_path, ml100k, tiny_trail_bundle):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_trail_bundle, bundle)
     graph = bundle / "forecast.onnx"
@@ -88,7 +88,7 @@ def test_corrupt_bundle_falls_back_to_the_baseline_then_is_swapped_in_without_a_
 
     events = first_weeks(ml100k, 10)
     half = len(events) // 2
-    replay = Replay(broker, unique_topic("fallback"), tmp_path / "run", top_k=5)
+    replay = make_replay(unique_topic("fallback"), tmp_path / "run", top_k=5)
     start_ml100k_worker(replay, ml100k, str(bundle))
     worker = replay.workers[0]
     startup_log = worker.log_tail(200_000)

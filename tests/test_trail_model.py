@@ -1,0 +1,200 @@
+"""TRAIL model (arXiv 2602.04225): the checker, the contrastive loss, a seconds-long tiny training, the scorer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.features import FeatureBatch
+from models.rationales import N_TEMPLATES, check_explanation, evidence_text, rationale, wrong_forecasts
+from models.scoring import template_explanation
+from streams.windows import WindowSpec
+
+SPEC = WindowSpec(slot_s=86_400, bucket_s=7 * 86_400, n_buckets=8)
+WEEK_S = SPEC.bucket_s
+SIGNALS = {"last_count": 12.0, "prev_count": 8.0, "velocity": 4.0, "acceleration": 3.0, "growth_pct": 50.0,
+           "mean_count": 9.375, "recency_slots": 1.0}
+
+
+def tiny_batch() -> FeatureBatch:
+    counts = np.array([[0, 1, 2, 3, 5, 8, 8, 12], [9, 9, 8, 7, 6, 5, 4, 3], [0, 0, 0, 0, 0, 0, 0, 1]])
+    return FeatureBatch(item_ids=["1", "2", "3"], bucket_counts=counts, last_event_slot=np.array([99, 98, 97]),
+                        boundary_slot=100, spec=SPEC,
+                        texts=["Toy Story (1995) | Animation, Comedy", "Heat (1995) | Action", ""])
+
+
+# --- the checker -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("forecast", [15.3, 12.2, 6.1])
+def test_every_rationale_template_passes_the_checker(forecast: float) -> None:
+    for template in range(N_TEMPLATES):
+        text = rationale(SIGNALS, forecast, WEEK_S, template)
+        assert check_explanation(text, SIGNALS, forecast, SIGNALS["last_count"]) == (True, True), text
+
+
+def test_checker_accepts_the_baseline_template_explanation() -> None:
+    text = template_explanation(SIGNALS, 15.3, WEEK_S)
+    assert check_explanation(text, SIGNALS, 15.3, 12.0) == (True, True)
+
+
+def test_checker_catches_a_wrong_number() -> None:
+    text = "Rising: about 15.3 interactions expected next week. It had 31 last week, up from 8."
+    assert check_explanation(text, SIGNALS, 15.3, 12.0) == (False, True)
+
+
+def test_checker_catches_a_wrong_percent_sign() -> None:
+    text = "Rising: about 15.3 interactions expected next week, -50.0% on the week before."
+    assert check_explanation(text, SIGNALS, 15.3, 12.0)[0] is False
+
+
+def test_checker_catches_a_wrong_direction() -> None:
+    text = "Falling: about 15.3 interactions expected next week. It had 12 last week, up from 8."
+    assert check_explanation(text, SIGNALS, 15.3, 12.0) == (False, False)
+
+
+def test_checker_needs_a_direction_word() -> None:
+    assert check_explanation("About 15.3 interactions expected next week.", SIGNALS, 15.3, 12.0) == (False, False)
+
+
+def test_hard_negatives_flip_the_direction_and_change_the_magnitude() -> None:
+    flipped, wrong = wrong_forecasts(SIGNALS, 15.3)
+    assert check_explanation(rationale(SIGNALS, flipped, WEEK_S, 0), SIGNALS, 15.3, 12.0)[1] is False
+    assert check_explanation(rationale(SIGNALS, wrong, WEEK_S, 0), SIGNALS, 15.3, 12.0)[0] is False
+
+
+def test_evidence_line_holds_the_forecast_and_its_direction() -> None:
+    line = evidence_text(SIGNALS, 15.3, WEEK_S)
+    assert "15.3, rising" in line and "+50.0%" in line
+
+
+# --- losses --------------------------------------------------------------------------------------------------
+
+
+def test_contrastive_loss_prefers_the_true_pair() -> None:
+    from models.trail import info_nce
+
+    torch.manual_seed(0)
+    reps = torch.nn.functional.normalize(torch.randn(6, 16), dim=-1)
+    hard = torch.nn.functional.normalize(torch.randn(6, 2, 16), dim=-1)
+    true_pairs = info_nce(reps, reps, hard, temperature=0.1)
+    swapped = info_nce(reps, reps.roll(1, dims=0), hard, temperature=0.1)
+    hard_as_positive = info_nce(reps, hard[:, 0], torch.stack([reps, hard[:, 1]], dim=1), temperature=0.1)
+    assert true_pairs < swapped and true_pairs < hard_as_positive
+
+
+def test_forecast_loss_is_l1_on_log1p_counts() -> None:
+    from models.trail import forecast_loss
+
+    loss = forecast_loss(torch.log1p(torch.tensor([3.0, 0.0])), torch.tensor([3.0, np.e - 1]))
+    assert loss.item() == pytest.approx(0.5, abs=1e-5)
+
+
+# --- the model ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from models.trail import load_tokenizer
+
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from models.trail import TrailConfig, build_model
+
+    return build_model(TrailConfig(base="tiny", max_new_tokens=12), seed=0)
+
+
+def test_one_step_forward_matches_the_cached_decode(tiny_model) -> None:
+    """The export "step": a prompt pass with the numeric prefix, then a cached step without it, equals one pass."""
+    from transformers import DynamicCache
+
+    from models.trail import numeric_features, prompt_inputs
+
+    batch = tiny_batch()
+    features = numeric_features(batch.bucket_counts, batch.signals, SPEC.window_slots)
+    rows = [[1, 300, 301, 302], [1, 400, 401], [1, 500]]
+    ids, mask, pos, numeric = prompt_inputs(rows, features, tiny_model.config.n_prefix)
+    full_ids, full_mask, full_pos, _ = prompt_inputs([r + [7] for r in rows], features, tiny_model.config.n_prefix)
+    with torch.no_grad():
+        full_logits, full_forecast, _ = tiny_model(full_ids, full_mask, full_pos, numeric)
+        logits, forecast, cache = tiny_model(ids, mask, pos, numeric, DynamicCache(config=tiny_model.lm.config))
+        step_mask = torch.cat([mask, torch.ones(3, 1, dtype=torch.long)], dim=1)
+        step_logits, step_forecast, _ = tiny_model(torch.full((3, 1), 7), step_mask, pos[:, -1:] + 1,
+                                                   numeric[:, :0], cache)
+    assert logits.shape == (3, tiny_model.config.n_prefix + ids.shape[1], tiny_model.lm.config.vocab_size)
+    assert forecast.shape == (3,)
+    torch.testing.assert_close(step_logits[:, -1], full_logits[:, -1], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(step_forecast, full_forecast, atol=1e-4, rtol=1e-4)
+
+
+def test_forecast_head_and_generator_run(tiny_model, tokenizer) -> None:
+    from models.trail_scorer import TrailScorer
+
+    scorer = TrailScorer(tiny_model, tokenizer, name="trail-test", version="0", sha256="")
+    batch = tiny_batch()
+    forecast = scorer.forecast(batch)
+    assert forecast.shape == (3,) and np.all(forecast >= 0) and np.all(np.isfinite(forecast))
+    texts = scorer.explain(batch, forecast, np.array([2, 0]))
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    assert all(len(tokenizer.encode(t, add_special_tokens=False)) <= 2 * tiny_model.config.max_new_tokens
+               for t in texts)
+
+
+def test_tiny_training_makes_the_loss_fall(tiny_model, tokenizer) -> None:
+    from models import train as trainer
+    from models.datasets import load_dataset
+    from models.trail import TrailConfig, build_model
+    from models.trail_scorer import PromptTokens
+
+    log = load_dataset("ml-100k")
+    spec = log.default_spec()
+    _, train_range, _ = trainer.training_boundaries(log, spec, n_origins=8, val_days=7)
+    data = trainer.build_examples(log, spec, range(train_range.start + 50, train_range.start + 52))
+    cfg = trainer.TrainConfig.for_base("tiny", batch_size=16, explain_rows=4, contrastive_rows=4, seed=0)
+    model = build_model(TrailConfig(base="tiny"), seed=0)
+    builder = trainer.StepBuilder(PromptTokens(tokenizer, model.config), model.config, spec.window_slots)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    rng = np.random.default_rng(0)
+    rows = rng.choice(len(data), size=16, replace=False)   # one fixed batch: the loss must fall on it
+    totals = []
+    for _ in range(25):
+        losses = trainer.train_step(model, builder, data, rows, cfg, np.random.default_rng(1))
+        optimizer.zero_grad()
+        losses["total"].backward()
+        optimizer.step()
+        totals.append(float(losses["total"]))
+        assert set(losses) == {"forecast", "explanation", "contrastive", "total"}
+    assert np.mean(totals[-5:]) < 0.7 * np.mean(totals[:5])
+
+
+def test_saved_model_loads_back_and_refuses_changed_weights(tiny_model, tokenizer, tmp_path) -> None:
+    from models.train import render_model_card
+    from models.trail_scorer import WEIGHTS_FILE, load_trail_scorer, save_trail_model
+
+    card = {"name": "trail-test", "model": "TRAIL", "created_utc": "now", "license_notes": "",
+            "base": {"name": "tiny", "source": "test", "fine_tuning": "none"},
+            "parameters": {"total": tiny_model.n_params(), "trained": 0},
+            "data": {"dataset": "none", "slot_s": 1, "bucket_s": WEEK_S, "n_buckets": 8, "train_rows": 0,
+                     "train_boundaries": [], "val_rows": 0, "val_boundaries": [], "leakage_rule": "", "cutoff_utc": ""},
+            "hyperparameters": {"steps_done": 0, "steps_planned": 0, "stopped_early": False, "batch_size": 0,
+                                "explain_rows": 0, "contrastive": True, "contrastive_rows": 0,
+                                "contrastive_weight": 0, "lr": 0, "head_lr": 0, "seed": 0},
+            "metrics": {}, "timing": {"load_s": 0, "train_s": 0, "s_per_step": 0, "total_s": 0, "torch_threads": 1}}
+    save_trail_model(tiny_model, tokenizer, tmp_path / "m", card, render_model_card)
+    scorer = load_trail_scorer(str(tmp_path / "m"))
+    assert scorer.name == "trail-test" and len(scorer.sha256) == 64 and scorer.version == scorer.sha256[:12]
+    assert (tmp_path / "m" / "MODEL_CARD.md").read_text().count(scorer.sha256) == 1
+    batch = tiny_batch()
+    torch.testing.assert_close(torch.from_numpy(scorer.forecast(batch)),
+                               torch.from_numpy(np.maximum(0, np.expm1(scorer.forecast_log1p(
+                                   scorer.features(batch), batch.texts)))))
+    weights = tmp_path / "m" / WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256"):
+        load_trail_scorer(str(tmp_path / "m"))
