@@ -80,6 +80,7 @@ def create_app(config: WorkerConfig, runtime: ScorerRuntime) -> faust.App:
         broker_max_poll_records=20_000,
         consumer_auto_offset_reset="earliest",
         producer_linger_ms=5,
+        producer_max_batch_size=512 * 1024,   # changelog writes go out as whole record batches
         table_cleanup_interval=3600,
     )
     app.conf.broker_commit_every = 10_000
@@ -199,16 +200,33 @@ class Pipeline:
         if not writes:
             return
         changelog = table.changelog_topic.get_topic_name()
-        producer = self.app.producer
-        futures = [await producer.send(changelog, key, value, partition, None, None)
-                   for key, value in writes.items()]
-        acks = await asyncio.gather(*futures)
+        last_offset = await self.send_record_batches(changelog, partition, writes)
         batch = rocksdict.WriteBatch(raw_mode=True)
         for key, value in writes.items():
             batch.put(key, value)
         store = table.data
         store._db_for_partition(partition).write(batch)
-        store.set_persisted_offset(TP(changelog, partition), max(ack.offset for ack in acks))
+        store.set_persisted_offset(TP(changelog, partition), last_offset)
+
+    async def send_record_batches(self, topic: str, partition: int, records: dict[bytes, bytes]) -> int:
+        """Send key/value records to one partition as whole record batches; the offset of the last one.
+
+        aiokafka's per-record send costs ~25 us (a future and a lookup per record) and was the largest
+        cost of a table write; a BatchBuilder holds up to producer_max_batch_size bytes of records.
+        """
+        producer = self.app.producer._ensure_producer()  # the aiokafka producer under faust's
+        sent: list[tuple[asyncio.Future, int]] = []
+        batch, in_batch = producer.create_batch(), 0
+        for key, value in records.items():
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                sent.append((await producer.send_batch(batch, topic, partition=partition), in_batch))
+                batch, in_batch = producer.create_batch(), 0
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    raise ValueError(f"a {len(value)}-byte changelog record exceeds producer_max_batch_size")
+            in_batch += 1
+        sent.append((await producer.send_batch(batch, topic, partition=partition), in_batch))
+        results = await asyncio.gather(*(future for future, _ in sent))
+        return results[-1].offset + sent[-1][1] - 1
 
     async def score_due(self, state: PartitionState, idle: bool) -> None:
         if state.next_boundary is None:
