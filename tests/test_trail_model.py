@@ -166,14 +166,14 @@ def test_tiny_training_makes_the_loss_fall(tiny_model, tokenizer) -> None:
         optimizer.zero_grad()
         losses["total"].backward()
         optimizer.step()
-        totals.append(float(losses["total"]))
+        totals.append(float(losses["total"].detach()))
         assert set(losses) == {"forecast", "explanation", "contrastive", "total"}
     assert np.mean(totals[-5:]) < 0.7 * np.mean(totals[:5])
 
 
 def test_saved_model_loads_back_and_refuses_changed_weights(tiny_model, tokenizer, tmp_path) -> None:
-    from models.train import render_model_card
     from models.trail_scorer import WEIGHTS_FILE, load_trail_scorer, save_trail_model
+    from models.train import render_model_card
 
     card = {"name": "trail-test", "model": "TRAIL", "created_utc": "now", "license_notes": "",
             "base": {"name": "tiny", "source": "test", "fine_tuning": "none"},

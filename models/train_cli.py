@@ -1,0 +1,88 @@
+"""`trail train`: fine-tune TRAIL (arXiv 2602.04225) on an event log and save it under artifacts/models/.
+
+Only argument parsing and progress bars here; the work is `models.train.train`. Heavy imports (torch,
+transformers) happen inside `run` so `trail --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train the TRAIL forecaster + explainer (tiny from scratch, or SmolLM2 with LoRA)",
+        description="Train TRAIL on the boundaries before the first backtest origin and save weights "
+        "(safetensors), tokenizer, config and a model card to --out (default artifacts/models/trail-BASE).",
+    )
+    p.add_argument("--dataset", default="ml-100k", help="ml-100k or a click-event JSONL/Parquet log (default ml-100k)")
+    p.add_argument("--base", choices=("tiny", "smollm2"), default="tiny",
+                   help="tiny: a few-million-parameter Llama from scratch; smollm2: SmolLM2-135M-Instruct + LoRA")
+    p.add_argument("--no-contrastive", action="store_true", help="turn the contrastive loss off (ablation)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default artifacts/models/trail-BASE[-nocontrastive] in the repo)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: 1200 tiny, 600 smollm2)")
+    p.add_argument("--epochs", type=float, default=None, help="passes over the training rows (instead of --steps)")
+    p.add_argument("--batch-size", type=int, default=None, help="rows per forecast batch (64 tiny, 16 smollm2)")
+    p.add_argument("--explain-rows", type=int, default=None, help="rows per step with the explanation loss")
+    p.add_argument("--contrastive-rows", type=int, default=None, help="rows per step in the contrastive loss")
+    p.add_argument("--lr", type=float, default=None, help="language-model learning rate (LoRA for smollm2)")
+    p.add_argument("--head-lr", type=float, default=None, help="learning rate of the prefix, head and projections")
+    p.add_argument("--contrastive-weight", type=float, default=None, help="weight of the InfoNCE loss (0.5)")
+    p.add_argument("--origins", dest="n_origins", type=int, default=None,
+                   help="backtest origins kept out of training (default 8; match `trail backtest --origins`)")
+    p.add_argument("--val-days", type=int, default=None, help="validation boundaries held out (default 7)")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop training after this many minutes")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the model card as JSON at the end")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from models import train as trainer
+
+    cfg = trainer.TrainConfig.for_base(
+        args.base, dataset=args.dataset, contrastive=not args.no_contrastive, seed=args.seed, steps=args.steps,
+        epochs=args.epochs, batch_size=args.batch_size, explain_rows=args.explain_rows,
+        contrastive_rows=args.contrastive_rows, lr=args.lr, head_lr=args.head_lr,
+        contrastive_weight=args.contrastive_weight, n_origins=args.n_origins, val_days=args.val_days,
+        max_minutes=args.max_minutes, threads=args.threads,
+    )
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+    with Progress(*columns, console=console) as bars:
+        tasks: dict[str, int] = {}
+        current = {"name": ""}
+
+        def on_phase(name: str, total: int) -> None:
+            current["name"] = name
+            tasks[name] = bars.add_task(name, total=total, info="")
+
+        def on_advance(info: dict) -> None:
+            text = " ".join(f"{k} {v:.3f}" for k, v in info.items())
+            bars.update(tasks[current["name"]], advance=1, info=text)
+
+        card = trainer.train(cfg, args.out.resolve() if args.out else None,
+                             trainer.Progress(on_phase=on_phase, on_advance=on_advance))
+    m = card["metrics"]
+    console.print(f"saved {card['name']} ({card['version']}) to {card['out_dir']} in {card['timing']['total_s']} s")
+    if "val_mae" in m:
+        console.print(f"validation: MAE {m['val_mae']:.3f} (recent-pop {m['val_mae_recent_pop']:.3f}), "
+                      f"faithfulness {m['val_faithfulness']:.3f}, direction {m['val_direction_consistency']:.3f}")
+    if args.json:
+        print(json.dumps(card, indent=2))
+    return 0
