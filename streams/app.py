@@ -17,6 +17,7 @@ recovery exact: a crash leaves the changelog ahead of the store, never behind it
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -107,6 +108,10 @@ def create_app(config: WorkerConfig, runtime: ScorerRuntime) -> faust.App:
         async for event in stream.events():
             await pipeline.merge(event.value)
 
+    @app.task
+    async def score_partitions():
+        await pipeline.run_scoring()
+
     @app.timer(1.0)
     async def flush_idle_partitions():
         await pipeline.flush_idle()
@@ -186,7 +191,9 @@ class Pipeline:
             await self.commit(self.counts_table, partition, update.writes)
             self._count(update)
             self.last_input_at[partition] = time.monotonic()
-            await self.score_due(state, idle=False)
+            due = self.snapshot_due(state, idle=False)
+        for job in due:  # outside the lock: run_scoring takes it to commit, and a full queue waits for that
+            await self.score_queue.put(job)
 
     def _count(self, update: StateUpdate) -> None:
         self.counters.counted += update.applied_events
@@ -228,26 +235,44 @@ class Pipeline:
         results = await asyncio.gather(*(future for future, _ in sent))
         return results[-1].offset + sent[-1][1] - 1
 
-    async def score_due(self, state: PartitionState, idle: bool) -> None:
+    def snapshot_due(self, state: PartitionState, idle: bool) -> list[tuple]:
+        """Scoring jobs for every due boundary, snapshotted now (features read only slots before it).
+
+        The model runs in `run_scoring`, not here, so the deltas agent keeps applying while a step is
+        scored; a full queue (scoring slower than the data) holds the agent back.
+        """
         if state.next_boundary is None:
-            await self._report_empty(state, state.reach_slot(idle))
-            return
+            reach = state.reach_slot(idle)
+            if reach is None or reach <= self.empty_reported.get(state.partition, -(2**62)):
+                return []
+            self.empty_reported[state.partition] = reach
+            return [(state, reach, None)]  # no data yet: report progress so the merge step never waits
+        jobs = []
         for boundary in state.due_boundaries(idle):
             batch = features_at(state.snapshot(), boundary, self.config.spec, self._texts_of(state.partition))
-            forecast, scorer = await self.runtime.forecast(batch)
-            candidates = partition_candidates(batch, forecast, self.config.top_k, scorer.name)
-            message = orjson.dumps({"b": boundary, "p": state.partition, "candidates": candidates})
-            await (await self.app.producer.send(
-                self.config.candidates_topic, None, message, 0, None, None))
-            await self.commit(self.counts_table, state.partition, state.mark_scored(boundary))
+            state.advance(boundary)
+            jobs.append((state, boundary, batch))
+        return jobs
 
-    async def _report_empty(self, state: PartitionState, reach: int | None) -> None:
-        """A partition with no data yet still reports progress, so the merge step never waits on it."""
-        if reach is None or reach <= self.empty_reported.get(state.partition, -(2**62)):
-            return
-        message = orjson.dumps({"b": reach, "p": state.partition, "candidates": []})
-        await (await self.app.producer.send(self.config.candidates_topic, None, message, 0, None, None))
-        self.empty_reported[state.partition] = reach
+    @functools.cached_property
+    def score_queue(self) -> asyncio.Queue:
+        return asyncio.Queue(maxsize=64)
+
+    async def run_scoring(self) -> None:
+        """Forecast queued snapshots in order and send each partition's candidates to the merge step."""
+        while True:
+            state, boundary, batch = await self.score_queue.get()
+            if self.states.get(state.partition) is not state:
+                continue  # partition revoked meanwhile: its new owner scores from the committed boundary
+            candidates: list[dict] = []
+            if batch is not None:
+                forecast, scorer = await self.runtime.forecast(batch)
+                candidates = partition_candidates(batch, forecast, self.config.top_k, scorer.name)
+            message = orjson.dumps({"b": boundary, "p": state.partition, "candidates": candidates})
+            await (await self.app.producer.send(self.config.candidates_topic, None, message, 0, None, None))
+            if batch is not None:
+                async with self.locks[state.partition]:
+                    await self.commit(self.counts_table, state.partition, state.commit_scored(boundary))
 
     async def store_items(self, records: list[tuple[int, bytes | None, bytes | None]]) -> None:
         """Catalogue records (item id -> JSON with title/text) into the items table, by partition."""
@@ -268,14 +293,14 @@ class Pipeline:
 
     async def flush_idle(self) -> None:
         """Wall-clock fallback for quiet streams: score what the data reached once input stops."""
-        if self.config.idle_flush_s <= 0:
-            return
-        now = time.monotonic()
+        if self.config.idle_flush_s <= 0 or not self.score_queue.empty():
+            return  # queued steps mean backpressure (input may be waiting in Kafka), not a quiet stream
         for partition, state in list(self.states.items()):
-            if now - self.last_input_at.get(partition, now) < self.config.idle_flush_s:
-                continue
             async with self.locks[partition]:
-                await self.score_due(state, idle=True)
+                quiet_s = time.monotonic() - self.last_input_at.get(partition, time.monotonic())
+                due = self.snapshot_due(state, idle=True) if quiet_s >= self.config.idle_flush_s else []
+            for job in due:
+                await self.score_queue.put(job)
 
     async def on_revoked(self, app, revoked, **kwargs) -> None:
         # state caches are rebuilt from the store when a partition comes back

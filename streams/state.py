@@ -54,7 +54,8 @@ class PartitionState:
         self.n_sources = n_sources
         self.applied: dict[int, int] = {}
         self.source_max_ts_ms: dict[int, int] = {}
-        self.next_boundary: int | None = None
+        self.next_boundary: int | None = None     # next boundary to snapshot (in memory, runs ahead)
+        self.committed_next: int | None = None    # next boundary not yet scored and committed
         self.hitters = HeavyHitters(max_candidates)
         self._load_meta()
         self._seed_hitters()
@@ -69,6 +70,7 @@ class PartitionState:
                 self.source_max_ts_ms[source] = int(watermark)
         next_boundary = self.db.get(NEXT_BOUNDARY_KEY)
         self.next_boundary = int(next_boundary) if next_boundary is not None else None
+        self.committed_next = self.next_boundary
 
     def _seed_hitters(self) -> None:
         """After a restart or rebalance, rebuild the candidate summary from the stored rings (one scan)."""
@@ -97,7 +99,7 @@ class PartitionState:
         slots = np.asarray(columns.slots, dtype=np.int64)[fresh]
         counts = np.asarray(columns.counts, dtype=np.int64)[fresh]
         if self.next_boundary is None:
-            self.next_boundary = int(slots.min()) + 1   # first boundary after the first data
+            self.next_boundary = self.committed_next = int(slots.min()) + 1   # first boundary after the first data
             update.writes[NEXT_BOUNDARY_KEY] = str(self.next_boundary).encode()
         update.applied_events = int(counts.sum())
         update.late_events = int(counts[slots < self.next_boundary - 1].sum())
@@ -132,10 +134,14 @@ class PartitionState:
         return {key: buffer[bounds[k]:bounds[k + 1]] for k, key in enumerate(keys)}
 
     def oldest_kept_slot(self) -> int:
-        """Slots before this can no longer be read by any boundary still to be scored."""
-        if self.next_boundary is None:
+        """Slots before this can no longer be read by any boundary still to be scored.
+
+        From the committed boundary, not the snapshot one: after a crash, the boundaries snapshotted but
+        not yet committed are scored again from the rings.
+        """
+        if self.committed_next is None:
             return np.iinfo(np.int64).min
-        return self.next_boundary - self.spec.window_slots
+        return self.committed_next - self.spec.window_slots
 
     # --- watermark and scoring -------------------------------------------------------------------------
 
@@ -158,11 +164,20 @@ class PartitionState:
             return []
         return list(range(self.next_boundary, upto + 1))
 
-    def mark_scored(self, boundary: int) -> dict[bytes, bytes]:
+    def advance(self, boundary: int) -> None:
+        """The boundary's snapshot is taken: the next due boundary is the one after it."""
         self.next_boundary = boundary + 1
         # weights halve over one bucket: the summary follows what the forecast window sees
         self.hitters.decay(0.5 ** (1 / self.spec.slots_per_bucket))
-        return {NEXT_BOUNDARY_KEY: str(self.next_boundary).encode()}
+
+    def commit_scored(self, boundary: int) -> dict[bytes, bytes]:
+        """The boundary's candidates are sent: the keys recording that it never needs scoring again."""
+        self.committed_next = max(self.committed_next or boundary + 1, boundary + 1)
+        return {NEXT_BOUNDARY_KEY: str(self.committed_next).encode()}
+
+    def mark_scored(self, boundary: int) -> dict[bytes, bytes]:
+        self.advance(boundary)
+        return self.commit_scored(boundary)
 
     def snapshot(self) -> Snapshot:
         """The rings of the candidate items (the heavy hitters), flattened for vectorised bucketing."""
