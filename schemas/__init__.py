@@ -7,8 +7,9 @@ them (once, with fastjsonschema). No Kafka I/O here.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import fastjsonschema
 import orjson
