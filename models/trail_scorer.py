@@ -149,7 +149,8 @@ class TrailScorer:
         out = []
         for row in tokens:
             row = row[: row.index(EOS_ID)] if EOS_ID in row else row
-            out.append(self.tokens.tokenizer.decode(row, skip_special_tokens=True).strip())
+            out.append(self.tokens.tokenizer.decode(row, skip_special_tokens=True,
+                                                   clean_up_tokenization_spaces=False).strip())
         return out
 
 

@@ -68,6 +68,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_frac: float = 0.05
     lm_weight: float = 1.0
+    explain_token_share: float = 1.0  # share of the rationale's word tokens in the loss (numbers, signs and
+                                      # direction words always count); < 1 spends the LM head on grounding
     contrastive_weight: float = 0.5
     forecast_jitter: float = 0.25     # log-normal sigma on the training forecast in the evidence line
     encoder_grad: bool = False        # backpropagate the contrastive loss through the explanation encoder too
@@ -180,6 +182,7 @@ class StepBuilder:
         self.tokenizer = tokens.tokenizer
         self.config = config
         self.window_slots = window_slots
+        self.grounding_ids = grounding_token_ids(tokens.tokenizer)
 
     def rationales(self, data: Examples, rows: np.ndarray, forecasts: np.ndarray, templates: np.ndarray):
         """(evidence lines, positive rationales, hard-negative rationales [2 per row]) of `rows`."""
@@ -191,13 +194,21 @@ class StepBuilder:
             hard += [rationale(s, w, self.config.bucket_s, int(t)) for w in wrong_forecasts(s, float(f))]
         return lines, positives, hard
 
-    def explanation_batch(self, prompts: list[list[int]], lines: list[str], targets: list[str]):
-        """Prompt + evidence + rationale + <|im_end|>, left-padded; labels on the rationale tokens only."""
+    def explanation_batch(self, prompts: list[list[int]], lines: list[str], targets: list[str],
+                          token_share: float = 1.0, rng: np.random.Generator | None = None):
+        """Prompt + evidence + rationale + <|im_end|>, left-padded; labels on the rationale tokens only.
+
+        With token_share < 1, a word token of the rationale is labelled with that probability; numbers,
+        signs, direction words and <|im_end|> always are.
+        """
         evidence = self.tokens.evidence(lines)
         answers = self.tokenizer(targets, add_special_tokens=False)["input_ids"]
         rows, label_rows = [], []
         for p, e, a in zip(prompts, evidence, answers, strict=True):
             rows.append(p + e + a + [EOS_ID])
+            if token_share < 1.0 and rng is not None:
+                keep = rng.random(len(a)) < token_share
+                a = [t if (k or t in self.grounding_ids) else -100 for t, k in zip(a, keep, strict=True)]
             label_rows.append([-100] * (len(p) + len(e)) + a + [EOS_ID])
         ids, token_mask = left_pad(rows)
         labels = torch.full_like(ids, -100)
@@ -207,6 +218,16 @@ class StepBuilder:
 
     def text_batch(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return left_pad(self.tokenizer(texts, add_special_tokens=False)["input_ids"])
+
+
+def grounding_token_ids(tokenizer) -> frozenset[int]:
+    """Ids of the tokens that carry grounding: any digit, sign or percent, and the direction words' pieces."""
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    ids = {i for i, piece in enumerate(pieces) if piece and any(c.isdigit() or c in "+-%" for c in piece)}
+    for word in ("Rising", "rising", "Falling", "falling", "Steady", "steady"):
+        for text in (word, f" {word}"):
+            ids.update(tokenizer.encode(text, add_special_tokens=False))
+    return frozenset(ids)
 
 
 def jittered(targets: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
@@ -232,7 +253,8 @@ def train_step(model: TrailModel, builder: StepBuilder, data: Examples, rows: np
 
     if cfg.explain_rows > 0 and cfg.lm_weight > 0:
         k = cfg.explain_rows
-        ex_ids, ex_mask, labels = builder.explanation_batch(prompts[:k], lines[:k], positives[:k])
+        ex_ids, ex_mask, labels = builder.explanation_batch(prompts[:k], lines[:k], positives[:k],
+                                                            cfg.explain_token_share, rng)
         ex_mask = torch.cat([torch.ones(k, n_prefix, dtype=torch.long), ex_mask], dim=1)
         h_ex, _ = model.hidden(ex_ids, ex_mask, positions_from_mask(ex_mask), numeric[:k])
         losses["explanation"] = explanation_loss(model, h_ex[:, n_prefix:], labels)
