@@ -19,6 +19,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from infra.integrity import sha256_of
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLES_DIR = REPO_ROOT / "artifacts" / "bundles"
 MANIFEST = "manifest.json"
@@ -31,14 +33,6 @@ MANIFEST_FORMAT = "trail-onnx-bundle/1"
 
 class BundleError(ValueError):
     """A bundle that must not be loaded (missing, incomplete, or changed since export)."""
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def resolve_bundle_dir(name_or_path: str) -> Path:

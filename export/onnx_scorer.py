@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from export.bundle import TOKENIZER_SUBDIR, resolve_bundle_dir, verify_bundle
-from export.prompts import PromptTokens, load_tokenizer, numeric_features
+from export.prompts import PromptTokens, load_tokenizer
 from export.runtime import TrailRuntime
-from models.features import FeatureBatch
+from models.features import FeatureBatch, numeric_features
 from models.rationales import evidence_text
 
 

@@ -1,10 +1,11 @@
 """TRAIL model inputs in numpy, for serving without torch: prompt tokens, numeric prefix, padding, positions.
 
-These are numpy twins of the pure helpers in `models.trail` (`numeric_features`, `numeric_prefix_inputs`,
-`left_pad`, `positions_from_mask`, `prompt_inputs`) and of `models.trail_scorer.PromptTokens`. They are
-copied here because those modules import torch at the top; tests/test_export.py checks that both give
-identical arrays and token ids. The tokenizer is the `tokenizers` library reading the bundle's
-tokenizer.json (byte-level BPE: transformers' decode does no extra clean-up for it, so decoding matches).
+The item's numeric features come from `models.features.numeric_features` (torch-free, shared). The rest
+are numpy twins of torch helpers in `models.trail` (`numeric_prefix_inputs`, `left_pad`,
+`positions_from_mask`, `prompt_inputs`) and of `models.trail_scorer.PromptTokens`, which import torch at
+the top; tests/test_export.py checks that both give identical arrays and token ids. The tokenizer is the
+`tokenizers` library reading the bundle's tokenizer.json (byte-level BPE: transformers' decode does no
+extra clean-up for it, so decoding matches).
 No torch, no onnxruntime, no I/O besides reading tokenizer.json here.
 """
 
@@ -14,27 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from models.features import SIGNAL_NAMES
 from models.rationales import period_word
 
 PAD_ID = 0   # <|endoftext|>
 BOS_ID = 1   # <|im_start|>
 EOS_ID = 2   # <|im_end|>
-
-
-def numeric_features(bucket_counts: np.ndarray, signals: dict[str, np.ndarray], window_slots: int) -> np.ndarray:
-    """Per item, float32 [n, n_buckets + 8]: log1p counts (oldest first) and scaled signals (as models.trail)."""
-    def slog(x: np.ndarray) -> np.ndarray:
-        return np.sign(x) * np.log1p(np.abs(x))
-
-    counts = np.log1p(np.asarray(bucket_counts, dtype=np.float64))
-    s = {name: np.asarray(signals[name], dtype=np.float64) for name in SIGNAL_NAMES}
-    extra = np.column_stack([
-        np.log1p(s["last_count"]), np.log1p(s["prev_count"]), slog(s["velocity"]), slog(s["acceleration"]),
-        slog(s["growth_pct"] / 100.0), np.log1p(s["mean_count"]), s["recency_slots"] / max(window_slots, 1),
-        (s["last_count"] > 0).astype(np.float64),
-    ])
-    return np.hstack([counts, extra]).astype(np.float32)
 
 
 def numeric_prefix_inputs(features: np.ndarray, n_prefix: int) -> np.ndarray:

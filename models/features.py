@@ -100,3 +100,22 @@ def feature_matrix(batch: FeatureBatch) -> np.ndarray:
     counts = np.log1p(batch.bucket_counts.astype(np.float64))
     signals = np.column_stack([batch.signals[name] for name in SIGNAL_NAMES])
     return np.hstack([counts, signals])
+
+
+def numeric_features(bucket_counts: np.ndarray, signals: dict[str, np.ndarray], window_slots: int) -> np.ndarray:
+    """Model inputs per item, float32 [n, n_buckets + 8]: log1p counts (oldest first) and scaled signals.
+
+    Signed signals use sign(x) * log1p(|x|); growth_pct is taken as a fraction; recency as a share of the
+    window. Everything stays O(1) in size so the prefix MLP sees well-scaled inputs.
+    """
+    def slog(x: np.ndarray) -> np.ndarray:
+        return np.sign(x) * np.log1p(np.abs(x))
+
+    counts = np.log1p(np.asarray(bucket_counts, dtype=np.float64))
+    s = {name: np.asarray(signals[name], dtype=np.float64) for name in SIGNAL_NAMES}
+    extra = np.column_stack([
+        np.log1p(s["last_count"]), np.log1p(s["prev_count"]), slog(s["velocity"]), slog(s["acceleration"]),
+        slog(s["growth_pct"] / 100.0), np.log1p(s["mean_count"]), s["recency_slots"] / max(window_slots, 1),
+        (s["last_count"] > 0).astype(np.float64),
+    ])
+    return np.hstack([counts, extra]).astype(np.float32)

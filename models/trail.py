@@ -47,7 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from models.features import SIGNAL_NAMES
+from models.features import numeric_features  # noqa: F401  (re-exported: the model's inputs)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS_DIR = REPO_ROOT / "artifacts"
@@ -95,25 +95,6 @@ class TrailConfig:
 
 
 # --- the numbers an item brings -------------------------------------------------------------------------------
-
-
-def numeric_features(bucket_counts: np.ndarray, signals: dict[str, np.ndarray], window_slots: int) -> np.ndarray:
-    """Per item, float32 [n, n_buckets + N_NUMERIC]: log1p counts (oldest first) and scaled signals.
-
-    Signed signals use sign(x) * log1p(|x|); growth_pct is taken as a fraction; recency as a share of the
-    window. Everything stays O(1) in size so the prefix MLP sees well-scaled inputs.
-    """
-    def slog(x: np.ndarray) -> np.ndarray:
-        return np.sign(x) * np.log1p(np.abs(x))
-
-    counts = np.log1p(np.asarray(bucket_counts, dtype=np.float64))
-    s = {name: np.asarray(signals[name], dtype=np.float64) for name in SIGNAL_NAMES}
-    extra = np.column_stack([
-        np.log1p(s["last_count"]), np.log1p(s["prev_count"]), slog(s["velocity"]), slog(s["acceleration"]),
-        slog(s["growth_pct"] / 100.0), np.log1p(s["mean_count"]), s["recency_slots"] / max(window_slots, 1),
-        (s["last_count"] > 0).astype(np.float64),
-    ])
-    return np.hstack([counts, extra]).astype(np.float32)
 
 
 def numeric_prefix_inputs(features: torch.Tensor, n_prefix: int) -> torch.Tensor:

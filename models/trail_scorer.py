@@ -8,7 +8,6 @@ sha256 does not match the card. Model: arXiv 2602.04225 (see `models.trail`). No
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from infra.integrity import sha256_of
 from models.features import FeatureBatch
 from models.rationales import evidence_text, period_word
 from models.trail import (
@@ -33,14 +33,6 @@ CONFIG_FILE = "config.json"
 CARD_JSON = "model_card.json"
 CARD_MD = "MODEL_CARD.md"
 TOKENIZER_SUBDIR = "tokenizer"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class PromptTokens:
