@@ -89,12 +89,13 @@ class TrainConfig:
         if base == "smollm2":
             defaults.update(batch_size=16, explain_rows=4, contrastive_rows=8, lr=5e-4, head_lr=1e-3, val_rows=1000)
         else:
-            defaults.update(batch_size=64, explain_rows=8, contrastive_rows=16)
+            # 600 steps, capped at 4.5 minutes of training so `trail train --base tiny` stays under 5 minutes
+            defaults.update(batch_size=64, explain_rows=16, contrastive_rows=16, max_minutes=4.5)
         defaults.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**defaults)
 
     def default_steps(self) -> int:
-        return 500 if self.base == "tiny" else 600
+        return 600
 
 
 @dataclass
@@ -376,8 +377,8 @@ def train(cfg: TrainConfig, out_dir: Path | None = None, progress: Progress | No
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    name = f"trail-{cfg.base}" if cfg.contrastive else f"trail-{cfg.base}-nocontrastive"
-    out_dir = out_dir or MODELS_DIR / name
+    out_dir = out_dir or MODELS_DIR / (f"trail-{cfg.base}" if cfg.contrastive else f"trail-{cfg.base}-nocontrastive")
+    name = out_dir.name   # the scorer's name: trail-tiny, trail-smollm2, or the folder --out names
 
     log = load_dataset(cfg.dataset)
     spec = log.default_spec()

@@ -23,18 +23,21 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-contrastive", action="store_true", help="turn the contrastive loss off (ablation)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default artifacts/models/trail-BASE[-nocontrastive] in the repo)")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: 1200 tiny, 600 smollm2)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 600)")
     p.add_argument("--epochs", type=float, default=None, help="passes over the training rows (instead of --steps)")
     p.add_argument("--batch-size", type=int, default=None, help="rows per forecast batch (64 tiny, 16 smollm2)")
     p.add_argument("--explain-rows", type=int, default=None, help="rows per step with the explanation loss")
     p.add_argument("--contrastive-rows", type=int, default=None, help="rows per step in the contrastive loss")
     p.add_argument("--lr", type=float, default=None, help="language-model learning rate (LoRA for smollm2)")
     p.add_argument("--head-lr", type=float, default=None, help="learning rate of the prefix, head and projections")
+    p.add_argument("--explain-token-share", type=float, default=None,
+                   help="share of the rationale's word tokens in the loss (numbers and directions always count)")
     p.add_argument("--contrastive-weight", type=float, default=None, help="weight of the InfoNCE loss (0.5)")
     p.add_argument("--origins", dest="n_origins", type=int, default=None,
                    help="backtest origins kept out of training (default 8; match `trail backtest --origins`)")
     p.add_argument("--val-days", type=int, default=None, help="validation boundaries held out (default 7)")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop training after this many minutes")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="training time budget in minutes (the LR schedule follows it; 0: none; tiny default 4.5)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the model card as JSON at the end")
@@ -58,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         args.base, dataset=args.dataset, contrastive=not args.no_contrastive, seed=args.seed, steps=args.steps,
         epochs=args.epochs, batch_size=args.batch_size, explain_rows=args.explain_rows,
         contrastive_rows=args.contrastive_rows, lr=args.lr, head_lr=args.head_lr,
-        contrastive_weight=args.contrastive_weight, n_origins=args.n_origins, val_days=args.val_days,
+        contrastive_weight=args.contrastive_weight, explain_token_share=args.explain_token_share,
+        n_origins=args.n_origins, val_days=args.val_days,
         max_minutes=args.max_minutes, threads=args.threads,
     )
     console = Console(stderr=True)
