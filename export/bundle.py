@@ -2,8 +2,9 @@
 
 A bundle is a folder, by default ``artifacts/bundles/NAME/``::
 
-    step.onnx         the step graph (prompt pass and every decoding step; logits, forecast, present cache)
-    forecast.onnx     the forecast graph (prompt pass only: forecast, no logits, no cache)
+    step.onnx         the step graph (prompt pass and every decoding step; logits and present cache)
+    text.onnx         the text graph (item text tokens -> the item's text vector; run once per item)
+    forecast.onnx     the forecast graph ([numeric features, text vector] -> log1p forecast)
     tokenizer/        tokenizer.json and friends, copied from the model
     config.json       the TrailConfig of the model
     model_card.json   the source model's card; MODEL_CARD.md its rendering
@@ -26,9 +27,10 @@ BUNDLES_DIR = REPO_ROOT / "artifacts" / "bundles"
 MANIFEST = "manifest.json"
 STEP_GRAPH = "step.onnx"
 FORECAST_GRAPH = "forecast.onnx"
+TEXT_GRAPH = "text.onnx"
 TOKENIZER_SUBDIR = "tokenizer"
 CONFIG_FILE = "config.json"
-MANIFEST_FORMAT = "trail-onnx-bundle/1"
+MANIFEST_FORMAT = "trail-onnx-bundle/2"   # /2: forecast from [features, text vector]
 
 
 class BundleError(ValueError):
@@ -82,7 +84,7 @@ def verify_bundle(folder: Path) -> dict:
     """The manifest, after checking the sha256 of every listed file (and that the graphs are listed)."""
     manifest = read_manifest(folder)
     files = manifest.get("files", {})
-    for required in (STEP_GRAPH, FORECAST_GRAPH, CONFIG_FILE, f"{TOKENIZER_SUBDIR}/tokenizer.json"):
+    for required in (STEP_GRAPH, TEXT_GRAPH, FORECAST_GRAPH, CONFIG_FILE, f"{TOKENIZER_SUBDIR}/tokenizer.json"):
         if required not in files:
             raise BundleError(f"{folder / MANIFEST} lists no sha256 for {required}; refusing an unverified bundle")
     for rel, entry in files.items():

@@ -1,19 +1,22 @@
 """`trail export`'s work: a trained TRAIL model (torch) -> a verified ONNX bundle (see `export.bundle`).
 
-Two graphs, traced from the same `TrailModel.hidden` the torch scorer runs (torch.onnx.export, dynamo=False,
-opset 17, dynamic batch / sequence / cache axes):
+Three graphs, traced from the same `TrailModel` methods the torch scorer runs (torch.onnx.export,
+dynamo=False, opset 17, dynamic batch / sequence / cache axes):
 
 - step graph: (input_ids, attention_mask, position_ids, numeric_prefix, past_key_i, past_value_i ...) ->
-  (logits at the last position [B, V], forecast_log1p [B], present_key_i, present_value_i ...). The prompt
+  (logits at the last position [B, V], present_key_i, present_value_i ...). The prompt
   pass feeds an empty cache ([B, H, 0, Dh]) and the numeric prefix [B, P, F]; each decoding step feeds one
   token, the cache and a prefix of length 0. Only the last position's logits leave the graph (greedy
   decoding reads nothing else), which saves the [B, T, V] projection of the prompt.
-- forecast graph: the prompt pass without the language-model head and without the cache outputs, for
-  forecasting many items (measured faster than the step graph; see README "ONNX export and serving").
+- text graph: (input_ids, attention_mask) of "<|im_start|> item text" -> text_vec [B, d] (`read_text`);
+  the server runs it once per item and caches the vector;
+- forecast graph: (features [B, F0], text_vec [B, d]) -> forecast_log1p [B] (`TrailModel.forecast`), a
+  small MLP: what makes forecasting 10,000 items per step cheap.
 
-Optional dynamic int8 quantisation of both graphs (onnxruntime.quantization.quantize_dynamic). The weights'
-sha256 is checked against the model card before export (`models.trail_scorer.load_trail_model`). torch is
-imported here: this module is for exporting, never for serving.
+Optional dynamic int8 quantisation (onnxruntime.quantization.quantize_dynamic) of the step and text graphs;
+the forecast MLP stays fp32 (small, and exact). The weights' sha256 is checked against the model card
+before export (`models.trail_scorer.load_trail_model`). torch is imported here: this module is for
+exporting, never for serving.
 """
 
 from __future__ import annotations
@@ -33,10 +36,11 @@ from export.bundle import (
     CONFIG_FILE,
     FORECAST_GRAPH,
     STEP_GRAPH,
+    TEXT_GRAPH,
     TOKENIZER_SUBDIR,
     write_manifest,
 )
-from models.trail import TrailModel, prompt_inputs
+from models.trail import TrailModel, left_pad, prompt_inputs
 
 OPSET = 17
 STEP_INPUTS = ("input_ids", "attention_mask", "position_ids", "numeric_prefix")
@@ -73,29 +77,38 @@ class StepGraph(nn.Module):
         for layer in range(self.n_layers):
             cache.update(past[2 * layer], past[2 * layer + 1], layer)
         h, present = self.model.hidden(input_ids, attention_mask, position_ids, numeric_prefix, cache)
-        last = h[:, -1]
-        out = [self.model.lm.lm_head(last), self.model.forecast_head(last)]
+        out = [self.model.lm.lm_head(h[:, -1])]
         for layer in range(self.n_layers):
             out += [present.layers[layer].keys, present.layers[layer].values]
         return tuple(out)
 
 
-class ForecastGraph(nn.Module):
-    """The prompt pass reduced to the forecast: what the forecast graph computes."""
+class TextGraph(nn.Module):
+    """Item text tokens -> text vector: what the text graph computes."""
 
     def __init__(self, model: TrailModel) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, position_ids, numeric_prefix):
-        h, _ = self.model.hidden(input_ids, attention_mask, position_ids, numeric_prefix)
-        return self.model.forecast_head(h[:, -1])
+    def forward(self, input_ids, attention_mask):
+        return self.model.read_text(input_ids, attention_mask)
+
+
+class ForecastGraph(nn.Module):
+    """[numeric features, text vector] -> log1p forecast: what the forecast graph computes."""
+
+    def __init__(self, model: TrailModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, features, text_vec):
+        return self.model.forecast(features, text_vec)[0]
 
 
 def example_inputs(model: TrailModel, past_len: int) -> tuple[torch.Tensor, ...]:
     """Trace inputs: two rows of different lengths (so padding is traced), a prefix and a cache of `past_len`."""
-    n_features = model.config.n_features - model.config.n_prefix
-    ids, mask, pos, numeric = prompt_inputs([[1, 5, 6, 7], [1, 8]], np.zeros((2, n_features), np.float32),
+    ids, mask, pos, numeric = prompt_inputs([[1, 5, 6, 7], [1, 8]],
+                                            np.zeros((2, model.config.n_item_features), np.float32),
                                             model.config.n_prefix)
     g = cache_geometry(model)
     if past_len:
@@ -110,23 +123,35 @@ def export_step_graph(model: TrailModel, path: Path) -> None:
     past, present = past_names(g["n_layers"]), present_names(g["n_layers"])
     axes = {"input_ids": {0: "batch", 1: "new_tokens"}, "attention_mask": {0: "batch", 1: "total_len"},
             "position_ids": {0: "batch", 1: "new_len"}, "numeric_prefix": {0: "batch", 1: "prefix_len"},
-            "logits": {0: "batch"}, "forecast_log1p": {0: "batch"}}
+            "logits": {0: "batch"}}
     axes.update({name: {0: "batch", 2: "past_len"} for name in past})
     axes.update({name: {0: "batch", 2: "present_len"} for name in present})
     torch.onnx.export(
         StepGraph(model), example_inputs(model, past_len=3), str(path), dynamo=False, opset_version=OPSET,
-        input_names=[*STEP_INPUTS, *past], output_names=["logits", "forecast_log1p", *present],
+        input_names=[*STEP_INPUTS, *past], output_names=["logits", *present],
         dynamic_axes=axes, do_constant_folding=True,
     )
 
 
-def export_forecast_graph(model: TrailModel, path: Path) -> None:
-    axes = {"input_ids": {0: "batch", 1: "new_tokens"}, "attention_mask": {0: "batch", 1: "total_len"},
-            "position_ids": {0: "batch", 1: "new_len"}, "numeric_prefix": {0: "batch"},
-            "forecast_log1p": {0: "batch"}}
+def export_text_graph(model: TrailModel, path: Path) -> None:
+    ids, mask = left_pad([[1, 5, 6, 7], [1, 8]])
+    axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
+            "text_vec": {0: "batch"}}
     torch.onnx.export(
-        ForecastGraph(model), example_inputs(model, past_len=0)[:4], str(path), dynamo=False, opset_version=OPSET,
-        input_names=list(STEP_INPUTS), output_names=["forecast_log1p"], dynamic_axes=axes, do_constant_folding=True,
+        TextGraph(model), (ids, mask), str(path), dynamo=False, opset_version=OPSET,
+        input_names=["input_ids", "attention_mask"], output_names=["text_vec"], dynamic_axes=axes,
+        do_constant_folding=True,
+    )
+
+
+def export_forecast_graph(model: TrailModel, path: Path) -> None:
+    features = torch.zeros(2, model.config.n_item_features)
+    text_vec = torch.zeros(2, model.lm.config.hidden_size)
+    axes = {"features": {0: "batch"}, "text_vec": {0: "batch"}, "forecast_log1p": {0: "batch"}}
+    torch.onnx.export(
+        ForecastGraph(model), (features, text_vec), str(path), dynamo=False, opset_version=OPSET,
+        input_names=["features", "text_vec"], output_names=["forecast_log1p"], dynamic_axes=axes,
+        do_constant_folding=True,
     )
 
 
@@ -161,10 +186,12 @@ def export_bundle(model_name_or_path: str, out_dir: Path | None = None, int8: bo
         with torch.inference_mode(False), torch.no_grad():
             on_stage("step graph")
             export_step_graph(model, staging / STEP_GRAPH)
+            on_stage("text graph")
+            export_text_graph(model, staging / TEXT_GRAPH)
             on_stage("forecast graph")
             export_forecast_graph(model, staging / FORECAST_GRAPH)
-        for graph in (STEP_GRAPH, FORECAST_GRAPH):
-            if int8:
+        for graph in (STEP_GRAPH, TEXT_GRAPH, FORECAST_GRAPH):
+            if int8 and graph != FORECAST_GRAPH:   # the forecast MLP stays fp32: tiny, and exact
                 on_stage(f"int8 {graph}")
                 quantize_int8(staging / graph, out_dir / graph)
             else:
@@ -180,8 +207,9 @@ def export_bundle(model_name_or_path: str, out_dir: Path | None = None, int8: bo
         "model": {"name": name, "version": card.get("version", ""), "sha256": card["weights"]["model.safetensors"][
             "sha256"], "base": config.get("base"), "source_dir": str(model_dir)},
         "precision": "int8-dynamic" if int8 else "fp32",
-        "graph": {**cache_geometry(model), "opset": OPSET, "step": STEP_GRAPH, "forecast": FORECAST_GRAPH,
-                  "inputs": list(STEP_INPUTS), "outputs": ["logits", "forecast_log1p"]},
+        "graph": {**cache_geometry(model), "opset": OPSET, "step": STEP_GRAPH, "text": TEXT_GRAPH,
+                  "forecast": FORECAST_GRAPH, "inputs": list(STEP_INPUTS), "outputs": ["logits"],
+                  "d_model": model.lm.config.hidden_size, "n_item_features": model.config.n_item_features},
         "trail_config": {k: v for k, v in config.items() if k != "llama"},
         "export_s": round(time.perf_counter() - started, 1),
     }

@@ -2,7 +2,8 @@
 
 `load_bundle_scorer(NAME|DIR)` verifies the sha256 of every bundle file (`export.bundle.verify_bundle`)
 before any graph or tokenizer is read, opens ONNX Runtime sessions (`export.runtime`) and returns a
-`BundleScorer`: forecast() for every row through the forecast graph, explain() for a few rows through
+`BundleScorer`: forecast() for every row through the text graph (items not seen before) and the forecast
+graph, explain() for a few rows through
 greedy decoding with the step graph. Prompts are built exactly as `models.trail_scorer.TrailScorer` builds
 them (`export.prompts`). Importing this module must not import torch (tests/test_export.py checks it).
 """
@@ -49,8 +50,11 @@ class BundleScorer:
     def features(self, batch: FeatureBatch) -> np.ndarray:
         return numeric_features(batch.bucket_counts, batch.signals, batch.spec.window_slots)
 
+    def text_vectors(self, texts: list[str]) -> np.ndarray:
+        return self.runtime.text_vectors(texts, self.tokens.text_rows, self.forecast_chunk)
+
     def forecast_log1p(self, features: np.ndarray, texts: list[str]) -> np.ndarray:
-        return self.runtime.forecast_log1p(self.tokens.prompts(texts), features, self.forecast_chunk)
+        return self.runtime.forecast_log1p(features, self.text_vectors(texts))
 
     def forecast(self, batch: FeatureBatch) -> np.ndarray:
         self._check_batch(batch)

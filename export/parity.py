@@ -1,4 +1,4 @@
-"""Parity of a bundle with the PyTorch model it was exported from: forecasts, prompt logits, greedy text.
+"""Parity of a bundle with the PyTorch model it was exported from: forecasts, text vectors, logits, greedy text.
 
 Used by `trail bench score` and tests/test_export.py. It runs both `models.trail_scorer.TrailScorer`
 (torch) and `export.onnx_scorer.BundleScorer` (ONNX Runtime) on the same `FeatureBatch`. torch is imported
@@ -25,22 +25,24 @@ def prompt_logits_torch(torch_scorer, batch: FeatureBatch) -> np.ndarray:
         return torch_scorer.model.lm.lm_head(h[:, -1]).numpy()
 
 
-def prompt_logits_onnx(bundle_scorer, batch: FeatureBatch) -> tuple[np.ndarray, np.ndarray]:
-    """(logits [n, V], forecast_log1p [n]) of the step graph's prompt pass (empty cache)."""
+def prompt_logits_onnx(bundle_scorer, batch: FeatureBatch) -> np.ndarray:
+    """Logits [n, V] of the step graph's prompt pass (empty cache)."""
     from export.prompts import prompt_inputs
 
     rows = bundle_scorer.tokens.prompts(batch.texts)
     feeds = prompt_inputs(rows, bundle_scorer.features(batch), bundle_scorer.runtime.geometry.n_prefix)
-    logits, forecast, _ = bundle_scorer.runtime.step(feeds, bundle_scorer.runtime.empty_cache(len(rows)))
-    return logits, forecast
+    logits, _ = bundle_scorer.runtime.step(feeds, bundle_scorer.runtime.empty_cache(len(rows)))
+    return logits
 
 
 def parity_report(torch_scorer, bundle_scorer, batch: FeatureBatch, n_explain: int = 8,
                   max_new_tokens: int = 48) -> dict:
-    """Max |difference| of forecast_log1p (forecast graph and step graph) and prompt logits; greedy text match."""
+    """Max |difference| of forecast_log1p, item text vectors and prompt logits; greedy text match."""
     torch_log1p = torch_scorer.forecast_log1p(torch_scorer.features(batch), batch.texts)
     onnx_log1p = bundle_scorer.forecast_log1p(bundle_scorer.features(batch), batch.texts)
-    step_logits, step_log1p = prompt_logits_onnx(bundle_scorer, batch)
+    torch_vecs = torch_scorer.text_vectors(batch.texts)
+    onnx_vecs = bundle_scorer.text_vectors(batch.texts)
+    step_logits = prompt_logits_onnx(bundle_scorer, batch)
     torch_logits = prompt_logits_torch(torch_scorer, batch)
     forecast = np.maximum(0.0, np.expm1(torch_log1p))
     index = np.arange(min(n_explain, len(batch)))
@@ -53,7 +55,7 @@ def parity_report(torch_scorer, bundle_scorer, batch: FeatureBatch, n_explain: i
     onnx_texts = bundle_scorer.explain(batch, forecast, index, max_new_tokens=max_new_tokens)
     diffs = {
         "forecast_log1p": float(np.abs(onnx_log1p - torch_log1p).max()),
-        "step_forecast_log1p": float(np.abs(step_log1p - torch_log1p).max()),
+        "text_vec": float(np.abs(onnx_vecs - torch_vecs).max()),
         "logits": float(np.abs(step_logits - torch_logits).max()),
     }
     matches = [a == b for a, b in zip(torch_texts, onnx_texts, strict=True)]

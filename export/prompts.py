@@ -85,10 +85,17 @@ class PromptTokens:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
-    def prompt(self, text: str) -> list[int]:
+    def text_row(self, text: str) -> list[int]:
+        """<|im_start|> + the item text's first max_text_tokens tokens: what the text vector is read from."""
         if text not in self._cache:
-            self._cache[text] = [BOS_ID, *self.encode(text)[: self.max_text_tokens], *self.marker]
+            self._cache[text] = [BOS_ID, *self.encode(text)[: self.max_text_tokens]]
         return self._cache[text]
+
+    def text_rows(self, texts: list[str]) -> list[list[int]]:
+        return [self.text_row(t) for t in texts]
+
+    def prompt(self, text: str) -> list[int]:
+        return self.text_row(text) + self.marker
 
     def prompts(self, texts: list[str]) -> list[list[int]]:
         return [self.prompt(t) for t in texts]

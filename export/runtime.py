@@ -3,8 +3,10 @@
 - `create_session`: CUDA when it really works, else CPU, and says which. onnxruntime-gpu accepts a CUDA
   request on a machine without a usable GPU, logs an error and silently runs on CPU; the fallback is
   detected by comparing `session.get_providers()` with the request, logged, and reported.
-- `TrailRuntime.forecast_log1p`: the forecast graph over many items, sorted by prompt length and chunked
-  (little padding).
+- `TrailRuntime.text_vectors`: the text graph over item texts, sorted by length and chunked (little padding);
+  `TextVectorCache` keeps each item text's vector (bounded, least recently used out), so a step only reads
+  the texts of items it has not seen.
+- `TrailRuntime.forecast_log1p`: the forecast graph ([numeric features, text vector] -> log1p) in one run.
 - `TrailRuntime.generate`: left-padded greedy decoding with the step graph and its key/value cache, at most
   `max_new_tokens` tokens, stopping when every row has written <|im_end|> (the same loop as
   `models.trail_scorer.TrailScorer.generate`).
@@ -16,12 +18,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from export.prompts import EOS_ID, prompt_inputs
+from export.prompts import EOS_ID, left_pad, prompt_inputs
 
 log = logging.getLogger(__name__)
 
@@ -119,16 +122,46 @@ class Geometry:
         return cls(g["n_layers"], g["n_kv_heads"], g["head_dim"], t["n_prefix"], int(numeric.shape[2]))
 
 
-class TrailRuntime:
-    """The step and forecast graphs of one bundle behind numpy calls."""
+class TextVectorCache:
+    """Item text -> text vector, at most `capacity` entries, the least recently used dropped first."""
 
-    def __init__(self, step_session, forecast_session, geometry: Geometry, report: ProviderReport) -> None:
+    def __init__(self, capacity: int = 200_000) -> None:
+        self.capacity = capacity
+        self._vecs: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._vecs)
+
+    def missing(self, texts: list[str]) -> list[str]:
+        """Distinct texts without a vector, in first-seen order."""
+        return [t for t in dict.fromkeys(texts) if t not in self._vecs]
+
+    def put(self, texts: list[str], vecs: np.ndarray) -> None:
+        for text, vec in zip(texts, vecs, strict=True):
+            self._vecs[text] = vec
+        while len(self._vecs) > self.capacity:
+            self._vecs.popitem(last=False)
+
+    def get(self, texts: list[str]) -> np.ndarray:
+        """Vectors [n, d] of `texts` (every one must be present); marks them recently used."""
+        for text in dict.fromkeys(texts):
+            self._vecs.move_to_end(text)
+        return np.stack([self._vecs[t] for t in texts])
+
+
+class TrailRuntime:
+    """The step, text and forecast graphs of one bundle behind numpy calls."""
+
+    def __init__(self, step_session, text_session, forecast_session, geometry: Geometry,
+                 report: ProviderReport) -> None:
         self.step_session = step_session
+        self.text_session = text_session
         self.forecast_session = forecast_session
         self.geometry = geometry
         self.report = report
-        self.present_names = [o.name for o in step_session.get_outputs()][2:]
+        self.present_names = [o.name for o in step_session.get_outputs()][1:]
         self.past_names = [name.replace("present_", "past_") for name in self.present_names]
+        self.text_cache = TextVectorCache()
 
     @classmethod
     def open(cls, folder: Path, manifest: dict, providers: str = "auto", intra_op_threads: int = 0,
@@ -136,18 +169,35 @@ class TrailRuntime:
         """Sessions for a bundle folder whose hashes were already verified (`export.bundle.verify_bundle`)."""
         g = manifest["graph"]
         step, report = create_session(folder / g["step"], providers, intra_op_threads, spin)
+        text, _ = create_session(folder / g["text"], providers, intra_op_threads, spin)
         forecast, _ = create_session(folder / g["forecast"], providers, intra_op_threads, spin)
-        return cls(step, forecast, Geometry.from_manifest(manifest, step), report)
+        return cls(step, text, forecast, Geometry.from_manifest(manifest, step), report)
 
-    def forecast_log1p(self, rows: list[list[int]], features: np.ndarray, chunk: int = 256) -> np.ndarray:
-        """log1p next-bucket counts of every row, chunked by prompt length (shortest first, to pad little)."""
-        out = np.zeros(len(rows), dtype=np.float64)
+    def read_texts(self, rows: list[list[int]], chunk: int = 256) -> np.ndarray:
+        """Text vectors [n, d] of token rows ("<|im_start|> item text"), chunked by length (little padding)."""
+        out: np.ndarray | None = None
         order = np.argsort([len(r) for r in rows], kind="stable")
         for start in range(0, len(order), chunk):
             part = order[start:start + chunk]
-            feeds = prompt_inputs([rows[i] for i in part], features[part], self.geometry.n_prefix)
-            out[part] = self.forecast_session.run(["forecast_log1p"], feeds)[0]
-        return out
+            ids, mask = left_pad([rows[i] for i in part])
+            vecs = self.text_session.run(["text_vec"], {"input_ids": ids, "attention_mask": mask})[0]
+            if out is None:
+                out = np.zeros((len(rows), vecs.shape[1]), dtype=np.float32)
+            out[part] = vecs
+        return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+    def text_vectors(self, texts: list[str], text_rows, chunk: int = 256) -> np.ndarray:
+        """Vectors [n, d] of item texts: cached ones looked up, the others read (text_rows(texts) -> token rows)."""
+        missing = self.text_cache.missing(texts)
+        if missing:
+            self.text_cache.put(missing, self.read_texts(text_rows(missing), chunk))
+        return self.text_cache.get(texts)
+
+    def forecast_log1p(self, features: np.ndarray, text_vec: np.ndarray) -> np.ndarray:
+        """log1p next-bucket counts of every row: one run of the forecast graph."""
+        feeds = {"features": np.ascontiguousarray(features, dtype=np.float32),
+                 "text_vec": np.ascontiguousarray(text_vec, dtype=np.float32)}
+        return self.forecast_session.run(["forecast_log1p"], feeds)[0].astype(np.float64)
 
     def empty_cache(self, batch: int) -> dict[str, np.ndarray]:
         g = self.geometry
@@ -155,9 +205,9 @@ class TrailRuntime:
         return dict.fromkeys(self.past_names, empty)
 
     def step(self, feeds: dict[str, np.ndarray], cache: dict[str, np.ndarray]):
-        """One run of the step graph: (logits [B, V], forecast_log1p [B], present cache as the next past)."""
+        """One run of the step graph: (logits [B, V], present cache as the next past)."""
         outputs = self.step_session.run(None, {**feeds, **cache})
-        return outputs[0], outputs[1], dict(zip(self.past_names, outputs[2:], strict=True))
+        return outputs[0], dict(zip(self.past_names, outputs[1:], strict=True))
 
     def generate(self, rows: list[list[int]], features: np.ndarray, max_new_tokens: int) -> list[list[int]]:
         """Greedy token ids per row (ending with <|im_end|> when written), at most max_new_tokens each.
@@ -166,7 +216,7 @@ class TrailRuntime:
         (its later tokens are cut off anyway), so the batch shrinks as rows finish.
         """
         feeds = prompt_inputs(rows, features, self.geometry.n_prefix)
-        logits, _, cache = self.step(feeds, self.empty_cache(len(rows)))
+        logits, cache = self.step(feeds, self.empty_cache(len(rows)))
         next_ids = logits.argmax(axis=-1).astype(np.int64)
         mask, pos = feeds["attention_mask"], feeds["position_ids"][:, -1:]
         active = np.arange(len(rows))                      # original row of each batch row
@@ -184,6 +234,6 @@ class TrailRuntime:
             pos = pos + 1
             step_feeds = {"input_ids": next_ids[:, None], "attention_mask": mask, "position_ids": pos,
                           "numeric_prefix": np.zeros((len(active), 0, self.geometry.n_features), dtype=np.float32)}
-            logits, _, cache = self.step(step_feeds, cache)
+            logits, cache = self.step(step_feeds, cache)
             next_ids = logits.argmax(axis=-1).astype(np.int64)
         return out

@@ -23,6 +23,7 @@ from models.trail import (
     EOS_ID,
     TrailConfig,
     TrailModel,
+    left_pad,
     numeric_features,
     prompt_inputs,
 )
@@ -44,11 +45,18 @@ class PromptTokens:
         self.marker = tokenizer.encode(f"\nnext {period_word(config.bucket_s)}:", add_special_tokens=False)
         self._cache: dict[str, list[int]] = {}
 
-    def prompt(self, text: str) -> list[int]:
+    def text_row(self, text: str) -> list[int]:
+        """<|im_start|> + the item text's first max_text_tokens tokens: what the text vector is read from."""
         if text not in self._cache:
             ids = self.tokenizer.encode(text, add_special_tokens=False)[: self.config.max_text_tokens]
-            self._cache[text] = [1, *ids, *self.marker]   # 1 = <|im_start|>
+            self._cache[text] = [1, *ids]   # 1 = <|im_start|>
         return self._cache[text]
+
+    def text_rows(self, texts: list[str]) -> list[list[int]]:
+        return [self.text_row(t) for t in texts]
+
+    def prompt(self, text: str) -> list[int]:
+        return self.text_row(text) + self.marker
 
     def prompts(self, texts: list[str]) -> list[list[int]]:
         return [self.prompt(t) for t in texts]
@@ -71,6 +79,7 @@ class TrailScorer:
         self.sha256 = sha256
         self.forecast_chunk = forecast_chunk
         self.explain_chunk = explain_chunk
+        self._text_vecs: dict[str, np.ndarray] = {}
 
     def _check_batch(self, batch: FeatureBatch) -> None:
         if batch.spec.n_buckets != self.config.n_buckets:
@@ -83,17 +92,26 @@ class TrailScorer:
         return numeric_features(batch.bucket_counts, batch.signals, batch.spec.window_slots)
 
     @torch.inference_mode()
-    def forecast_log1p(self, features: np.ndarray, texts: list[str]) -> np.ndarray:
-        """log1p next-bucket counts, chunked by prompt length (shortest first, to pad little)."""
-        out = np.zeros(len(texts), dtype=np.float64)
-        rows = self.tokens.prompts(texts)
+    def text_vectors(self, texts: list[str]) -> np.ndarray:
+        """Item text vectors [n, d] (float32), read once per distinct text and cached."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._text_vecs))
+        rows = self.tokens.text_rows(missing)
         order = np.argsort([len(r) for r in rows], kind="stable")
         for start in range(0, len(order), self.forecast_chunk):
             part = order[start:start + self.forecast_chunk]
-            ids, mask, pos, numeric = prompt_inputs([rows[i] for i in part], features[part], self.config.n_prefix)
-            h, _ = self.model.hidden(ids, mask, pos, numeric)
-            out[part] = self.model.forecast_head(h[:, -1]).double().numpy()
-        return out
+            ids, mask = left_pad([rows[i] for i in part])
+            vecs = self.model.read_text(ids, mask).float().numpy()
+            self._text_vecs.update((missing[i], v) for i, v in zip(part, vecs, strict=True))
+        if not texts:
+            return np.zeros((0, self.model.lm.config.hidden_size), dtype=np.float32)
+        return np.stack([self._text_vecs[t] for t in texts])
+
+    @torch.inference_mode()
+    def forecast_log1p(self, features: np.ndarray, texts: list[str]) -> np.ndarray:
+        """log1p next-bucket counts from the numeric features and the (cached) item text vectors."""
+        vecs = torch.from_numpy(self.text_vectors(texts))
+        log1p, _ = self.model.forecast(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)), vecs)
+        return log1p.double().numpy()
 
     def forecast(self, batch: FeatureBatch) -> np.ndarray:
         self._check_batch(batch)
@@ -199,7 +217,11 @@ def load_trail_model(name_or_path: str) -> tuple[TrailModel, object, dict, Path]
         raise ValueError(f"{card_path} lists no sha256 for {WEIGHTS_FILE}; refusing unverified weights")
     config = TrailConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
     model = TrailModel(config)
-    load_model(model, str(folder / WEIGHTS_FILE), strict=True)
+    try:
+        load_model(model, str(folder / WEIGHTS_FILE), strict=True)
+    except RuntimeError as exc:   # e.g. weights of an older TRAIL layout (marker-state forecast head)
+        raise ValueError(f"{folder / WEIGHTS_FILE} does not fit this version's TRAIL model ({exc}); "
+                         f"retrain it with `trail train --base {config.base} --out {folder}`") from exc
     tokenizer = AutoTokenizer.from_pretrained(folder / TOKENIZER_SUBDIR)
     return model.eval(), tokenizer, card, folder
 

@@ -6,11 +6,12 @@ or before the first backtest origin are used (no leakage); the last `val_days` o
 validation, with a one-bucket gap so no training target overlaps a validation target.
 
 Each step (one loss, one optimizer step):
-- forecast pass over `batch_size` rows: numeric prefix + item text + marker -> log1p forecast, L1 loss;
+- forecast pass over `batch_size` rows: the LM reads each item text on its own (text vector), the forecast
+  head maps [numeric features, text vector] -> log1p forecast, L1 loss;
 - explanation pass over the first `explain_rows` rows: prompt + evidence line (signals and the forecast)
   + a grounded rationale (`models.rationales`), cross-entropy on the rationale tokens;
 - contrastive pass over the first `contrastive_rows` rows (off with contrastive=False): InfoNCE between
-  the marker's forecast representation and the rationale's representation, against the batch's other
+  the forecast representation (the head's hidden layer) and the rationale's representation, against the batch's other
   rationales and two hard negatives per row (flipped direction, wrong magnitude).
 In training the evidence line carries the true next count, jittered (log-normal noise), as the forecast;
 at inference it carries the model's own forecast. No CLI here (see `models.train_cli`).
@@ -42,8 +43,8 @@ from models.trail import (
     left_pad,
     load_tokenizer,
     numeric_features,
+    numeric_prefix_inputs,
     positions_from_mask,
-    prompt_inputs,
 )
 from models.trail_scorer import MODELS_DIR, PromptTokens, TrailScorer, save_trail_model
 
@@ -240,11 +241,12 @@ def train_step(model: TrailModel, builder: StepBuilder, data: Examples, rows: np
                rng: np.random.Generator) -> dict[str, torch.Tensor]:
     """The joint loss of one batch: forecast L1 + lm_weight * explanation CE + contrastive_weight * InfoNCE."""
     n_prefix = model.config.n_prefix
-    prompts = builder.tokens.prompts(data.texts_of(rows))
-    ids, mask, pos, numeric = prompt_inputs(prompts, data.features[rows], n_prefix)
-    h, _ = model.hidden(ids, mask, pos, numeric)
-    h_marker = h[:, -1]
-    losses = {"forecast": forecast_loss(model.forecast_head(h_marker), torch.from_numpy(data.targets[rows]))}
+    texts = data.texts_of(rows)
+    unique_texts, text_of_row = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+    tx_ids, tx_mask = left_pad(builder.tokens.text_rows(list(unique_texts)))
+    text_vec = model.read_text(tx_ids, tx_mask)[torch.from_numpy(text_of_row.reshape(-1))]
+    forecast_log1p, h_forecast = model.forecast(torch.from_numpy(data.features[rows]), text_vec)
+    losses = {"forecast": forecast_loss(forecast_log1p, torch.from_numpy(data.targets[rows]))}
 
     n_text = max(cfg.explain_rows, cfg.contrastive_rows if cfg.contrastive else 0)
     text_rows = rows[:n_text]
@@ -254,21 +256,22 @@ def train_step(model: TrailModel, builder: StepBuilder, data: Examples, rows: np
 
     if cfg.explain_rows > 0 and cfg.lm_weight > 0:
         k = cfg.explain_rows
-        ex_ids, ex_mask, labels = builder.explanation_batch(prompts[:k], lines[:k], positives[:k],
+        prompts = builder.tokens.prompts(texts[:k])
+        ex_ids, ex_mask, labels = builder.explanation_batch(prompts, lines[:k], positives[:k],
                                                             cfg.explain_token_share, rng)
         ex_mask = torch.cat([torch.ones(k, n_prefix, dtype=torch.long), ex_mask], dim=1)
-        h_ex, _ = model.hidden(ex_ids, ex_mask, positions_from_mask(ex_mask), numeric[:k])
+        numeric = numeric_prefix_inputs(torch.from_numpy(data.features[rows[:k]]), n_prefix)
+        h_ex, _ = model.hidden(ex_ids, ex_mask, positions_from_mask(ex_mask), numeric)
         losses["explanation"] = explanation_loss(model, h_ex[:, n_prefix:], labels)
 
     if cfg.contrastive and cfg.contrastive_rows > 0:
         k = cfg.contrastive_rows
         n_hard = len(hard) // n_text
-        texts = positives[:k] + hard[: k * n_hard]
-        t_ids, t_mask = builder.text_batch(texts)
+        t_ids, t_mask = builder.text_batch(positives[:k] + hard[: k * n_hard])
         with torch.set_grad_enabled(cfg.encoder_grad):   # default: the LM reads explanations as a fixed encoder
-            pooled = model.explanation_features(t_ids, t_mask)
+            pooled = model.read_text(t_ids, t_mask)
         reps = model.explanation_representation(pooled)
-        losses["contrastive"] = info_nce(model.forecast_representation(h_marker[:k]), reps[:k],
+        losses["contrastive"] = info_nce(model.forecast_representation(h_forecast[:k]), reps[:k],
                                          reps[k:].reshape(k, n_hard, -1), model.config.temperature)
 
     losses["total"] = (losses["forecast"] + cfg.lm_weight * losses.get("explanation", 0.0)
@@ -446,7 +449,8 @@ def train(cfg: TrainConfig, out_dir: Path | None = None, progress: Progress | No
 
     card = {
         "name": name,
-        "model": "TRAIL (arXiv 2602.04225): causal LM + numeric prefix + forecast head + explanation generator",
+        "model": "TRAIL (arXiv 2602.04225): causal LM + numeric prefix + text-vector forecast head + "
+                 "explanation generator",
         "base": base_description(cfg.base),
         "parameters": {"total": model.n_params(), "trained": trainable},
         "data": {

@@ -80,7 +80,7 @@ def test_onnx_forecast_and_logits_match_torch_within_1e_4(torch_scorer, onnx_sco
 
     report = parity_report(torch_scorer, onnx_scorer, batch, n_explain=0)
     assert report["max_abs_diff"]["forecast_log1p"] < 1e-4
-    assert report["max_abs_diff"]["step_forecast_log1p"] < 1e-4
+    assert report["max_abs_diff"]["text_vec"] < 1e-4
     assert report["max_abs_diff"]["logits"] < 1e-4
     np.testing.assert_allclose(onnx_scorer.forecast(batch), torch_scorer.forecast(batch), rtol=1e-4, atol=1e-4)
 
@@ -105,8 +105,8 @@ def test_bundle_scorer_is_a_scorer_named_by_its_manifest(onnx_scorer, bundle_dir
     assert isinstance(onnx_scorer, Scorer)
     assert (onnx_scorer.name, onnx_scorer.version, onnx_scorer.sha256) == (
         manifest["name"], manifest["version"], manifest["sha256"])
-    assert set(manifest["files"]) >= {"step.onnx", "forecast.onnx", "config.json", "tokenizer/tokenizer.json",
-                                      "model_card.json"}
+    assert set(manifest["files"]) >= {"step.onnx", "text.onnx", "forecast.onnx", "config.json",
+                                      "tokenizer/tokenizer.json", "model_card.json"}
 
 
 @pytest.mark.parametrize("tampered", ["step.onnx", "tokenizer/tokenizer.json"])
@@ -196,3 +196,26 @@ def test_bench_score_prints_the_documented_keys(bundle_dir, capsys):
         assert key in result, key
     assert result["provider"] == CPU and result["explain_batch"] == 4
     assert result["max_abs_diff_vs_torch"] < 1e-4 and result["greedy_text_match"] is True
+
+
+def test_item_texts_are_read_once_then_served_from_the_cache(onnx_scorer, batch, monkeypatch):
+    onnx_scorer.forecast(batch)
+    assert set(onnx_scorer.runtime.text_cache.missing(batch.texts)) == set()
+    first = onnx_scorer.forecast(batch)
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a cached item text was read again")
+
+    monkeypatch.setattr(onnx_scorer.runtime, "read_texts", must_not_run)
+    np.testing.assert_array_equal(onnx_scorer.forecast(batch), first)
+
+
+def test_text_vector_cache_is_bounded_and_drops_the_least_recently_used():
+    from export.runtime import TextVectorCache
+
+    cache = TextVectorCache(capacity=2)
+    cache.put(["a", "b"], np.eye(2, dtype=np.float32))
+    cache.get(["a"])                       # "a" used: "b" is now the oldest
+    cache.put(["c"], np.ones((1, 2), dtype=np.float32))
+    assert len(cache) == 2 and cache.missing(["a", "b", "c"]) == ["b"]
+    np.testing.assert_array_equal(cache.get(["c", "a"]), [[1, 1], [1, 0]])

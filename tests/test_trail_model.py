@@ -120,15 +120,26 @@ def test_one_step_forward_matches_the_cached_decode(tiny_model) -> None:
     ids, mask, pos, numeric = prompt_inputs(rows, features, tiny_model.config.n_prefix)
     full_ids, full_mask, full_pos, _ = prompt_inputs([r + [7] for r in rows], features, tiny_model.config.n_prefix)
     with torch.no_grad():
-        full_logits, full_forecast, _ = tiny_model(full_ids, full_mask, full_pos, numeric)
-        logits, forecast, cache = tiny_model(ids, mask, pos, numeric, DynamicCache(config=tiny_model.lm.config))
+        full_logits, _ = tiny_model(full_ids, full_mask, full_pos, numeric)
+        logits, cache = tiny_model(ids, mask, pos, numeric, DynamicCache(config=tiny_model.lm.config))
         step_mask = torch.cat([mask, torch.ones(3, 1, dtype=torch.long)], dim=1)
-        step_logits, step_forecast, _ = tiny_model(torch.full((3, 1), 7), step_mask, pos[:, -1:] + 1,
-                                                   numeric[:, :0], cache)
+        step_logits, _ = tiny_model(torch.full((3, 1), 7), step_mask, pos[:, -1:] + 1, numeric[:, :0], cache)
     assert logits.shape == (3, tiny_model.config.n_prefix + ids.shape[1], tiny_model.lm.config.vocab_size)
-    assert forecast.shape == (3,)
     torch.testing.assert_close(step_logits[:, -1], full_logits[:, -1], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(step_forecast, full_forecast, atol=1e-4, rtol=1e-4)
+
+
+def test_text_vector_depends_on_the_text_alone_and_padding_does_not_change_it(tiny_model) -> None:
+    """The cacheable part of the forecast: the same text gives the same vector, alone or left-padded in a batch."""
+    from models.trail import left_pad
+
+    with torch.no_grad():
+        alone = tiny_model.read_text(*left_pad([[1, 300, 301]]))
+        padded = tiny_model.read_text(*left_pad([[1, 300, 301], [1, 400, 401, 402, 403, 404]]))
+        other = tiny_model.read_text(*left_pad([[1, 300, 302]]))
+        forecast, h = tiny_model.forecast(torch.zeros(2, tiny_model.config.n_item_features), padded)
+    torch.testing.assert_close(padded[0], alone[0], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(alone, other)
+    assert forecast.shape == (2,) and h.shape == (2, tiny_model.config.head_hidden)
 
 
 def test_forecast_head_and_generator_run(tiny_model, tokenizer) -> None:
