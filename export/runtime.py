@@ -87,11 +87,25 @@ def session_options(intra_op_threads: int = 0, spin: bool = False):
     return options
 
 
+def preload_cuda_libraries() -> None:
+    """Load CUDA/cuDNN from pip's nvidia-* wheels (as torch installs them) when present; they are not on the
+    loader's path, so without this a CUDA session falls back to CPU on machines that do have them."""
+    import onnxruntime as ort
+
+    if hasattr(ort, "preload_dlls"):
+        try:
+            ort.preload_dlls(directory="")
+        except Exception as exc:   # no such wheels: the system's libraries (or the fallback) decide
+            log.debug("onnxruntime.preload_dlls: %s", exc)
+
+
 def create_session(path: Path, providers: str = "auto", intra_op_threads: int = 0, spin: bool = False):
     """(onnxruntime.InferenceSession, ProviderReport) for one graph; a CUDA request that fell back is logged."""
     import onnxruntime as ort
 
     wanted = provider_list(providers)
+    if wanted[0] == CUDA:
+        preload_cuda_libraries()
     options = session_options(intra_op_threads, spin)
     session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
     active = session.get_providers()[0]

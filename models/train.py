@@ -82,6 +82,7 @@ class TrainConfig:
     val_explained_per_boundary: int = 8
     max_minutes: float = 0.0          # time budget: the schedule follows max(step share, time share); 0: none
     threads: int = 0                  # torch threads; 0: torch's default
+    device: str = "cpu"               # "cpu" | "cuda": where the training steps run (validation and saving on CPU)
 
     @classmethod
     def for_base(cls, base: str, **overrides) -> TrainConfig:
@@ -241,12 +242,13 @@ def train_step(model: TrailModel, builder: StepBuilder, data: Examples, rows: np
                rng: np.random.Generator) -> dict[str, torch.Tensor]:
     """The joint loss of one batch: forecast L1 + lm_weight * explanation CE + contrastive_weight * InfoNCE."""
     n_prefix = model.config.n_prefix
+    dev = model.lm.lm_head.weight.device
     texts = data.texts_of(rows)
     unique_texts, text_of_row = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
     tx_ids, tx_mask = left_pad(builder.tokens.text_rows(list(unique_texts)))
-    text_vec = model.read_text(tx_ids, tx_mask)[torch.from_numpy(text_of_row.reshape(-1))]
-    forecast_log1p, h_forecast = model.forecast(torch.from_numpy(data.features[rows]), text_vec)
-    losses = {"forecast": forecast_loss(forecast_log1p, torch.from_numpy(data.targets[rows]))}
+    text_vec = model.read_text(tx_ids.to(dev), tx_mask.to(dev))[torch.from_numpy(text_of_row.reshape(-1)).to(dev)]
+    forecast_log1p, h_forecast = model.forecast(torch.from_numpy(data.features[rows]).to(dev), text_vec)
+    losses = {"forecast": forecast_loss(forecast_log1p, torch.from_numpy(data.targets[rows]).to(dev))}
 
     n_text = max(cfg.explain_rows, cfg.contrastive_rows if cfg.contrastive else 0)
     text_rows = rows[:n_text]
@@ -261,6 +263,7 @@ def train_step(model: TrailModel, builder: StepBuilder, data: Examples, rows: np
                                                             cfg.explain_token_share, rng)
         ex_mask = torch.cat([torch.ones(k, n_prefix, dtype=torch.long), ex_mask], dim=1)
         numeric = numeric_prefix_inputs(torch.from_numpy(data.features[rows[:k]]), n_prefix)
+        ex_ids, ex_mask, labels, numeric = ex_ids.to(dev), ex_mask.to(dev), labels.to(dev), numeric.to(dev)
         h_ex, _ = model.hidden(ex_ids, ex_mask, positions_from_mask(ex_mask), numeric)
         losses["explanation"] = explanation_loss(model, h_ex[:, n_prefix:], labels)
 
@@ -269,7 +272,7 @@ def train_step(model: TrailModel, builder: StepBuilder, data: Examples, rows: np
         n_hard = len(hard) // n_text
         t_ids, t_mask = builder.text_batch(positives[:k] + hard[: k * n_hard])
         with torch.set_grad_enabled(cfg.encoder_grad):   # default: the LM reads explanations as a fixed encoder
-            pooled = model.read_text(t_ids, t_mask)
+            pooled = model.read_text(t_ids.to(dev), t_mask.to(dev))
         reps = model.explanation_representation(pooled)
         losses["contrastive"] = info_nce(model.forecast_representation(h_forecast[:k]), reps[:k],
                                          reps[k:].reshape(k, n_hard, -1), model.config.temperature)
@@ -396,6 +399,7 @@ def train(cfg: TrainConfig, out_dir: Path | None = None, progress: Progress | No
     model = build_model(config, cfg.seed)
     tokenizer = load_tokenizer()
     lora = add_lora(model, cfg) if cfg.base == "smollm2" else None
+    model.to(cfg.device)
     progress.on_advance({})
     builder = StepBuilder(PromptTokens(tokenizer, config), config, spec.window_slots)
     load_s = time.perf_counter() - started
@@ -436,6 +440,7 @@ def train(cfg: TrainConfig, out_dir: Path | None = None, progress: Progress | No
     steps_done = step + 1
     train_s = time.perf_counter() - train_started
 
+    model.to("cpu")
     if lora is not None:
         merge_lora(model, lora)
     model.eval()

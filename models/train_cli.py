@@ -39,6 +39,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-minutes", type=float, default=None,
                    help="training time budget in minutes (the LR schedule follows it; 0: none; tiny default 4.5)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="where the training steps run (default cpu; cuda on a machine with an NVIDIA GPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the model card as JSON at the end")
     p.set_defaults(func=run)
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         contrastive_rows=args.contrastive_rows, lr=args.lr, head_lr=args.head_lr,
         contrastive_weight=args.contrastive_weight, explain_token_share=args.explain_token_share,
         n_origins=args.n_origins, val_days=args.val_days,
-        max_minutes=args.max_minutes, threads=args.threads,
+        max_minutes=args.max_minutes, threads=args.threads, device=args.device,
     )
     console = Console(stderr=True)
     columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
