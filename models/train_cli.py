@@ -23,9 +23,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-contrastive", action="store_true", help="turn the contrastive loss off (ablation)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default artifacts/models/trail-BASE[-nocontrastive] in the repo)")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 600)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimizer steps (default: tiny 1000, smollm2 600; the time cap may stop earlier)")
     p.add_argument("--epochs", type=float, default=None, help="passes over the training rows (instead of --steps)")
-    p.add_argument("--batch-size", type=int, default=None, help="rows per forecast batch (64 tiny, 16 smollm2)")
+    p.add_argument("--batch-size", type=int, default=None, help="rows per forecast batch (32 tiny, 16 smollm2)")
     p.add_argument("--explain-rows", type=int, default=None, help="rows per step with the explanation loss")
     p.add_argument("--contrastive-rows", type=int, default=None, help="rows per step in the contrastive loss")
     p.add_argument("--lr", type=float, default=None, help="language-model learning rate (LoRA for smollm2)")
