@@ -31,7 +31,13 @@ from streams.config import WorkerConfig
 from streams.deltas import DeltaRouter, decode_deltas, encode_deltas
 from streams.events import dlq_record, latest_acceptable_ts_ms
 from streams.scorer_runtime import ScorerRuntime
-from streams.scoring_loop import features_at, merge_top_k, partition_candidates, trend_records
+from streams.scoring_loop import (
+    features_at,
+    grounded_explanations,
+    merge_top_k,
+    partition_candidates,
+    trend_records,
+)
 from streams.state import PartitionState, StateUpdate
 
 log = logging.getLogger("trail.worker")
@@ -48,6 +54,8 @@ class Counters:
     redelivered_skipped: int = 0
     steps_scored: int = 0
     trends_emitted: int = 0
+    explanations_generated: int = 0  # explanations written by the TRAIL scorer (checked before publishing)
+    explanations_replaced: int = 0   # of those, failed the faithfulness check: the template was published
     started_at: float = field(default_factory=time.time)
     first_input_at: float = 0.0      # wall time of the first clicks batch (benchmarks time from here)
     last_counted_at: float = 0.0     # wall time of the last table write
@@ -367,9 +375,18 @@ class Pipeline:
             return []
         batch, forecast, chosen = merge_top_k(candidates, boundary, self.config.spec, self.config.top_k)
         scorer = self.runtime.scorer_by_name(candidates[chosen[0]].get("model", ""))
-        explanations = await self.runtime.explain(scorer, batch, forecast, chosen)
+        explanations, writer = await self.runtime.explain(scorer, batch, forecast, chosen)
+        texts, sources = grounded_explanations(batch, forecast, chosen, explanations,
+                                               from_model=writer is not self.runtime.baseline,
+                                               template=self.runtime.baseline)
+        replaced = sources.count("template") if writer is not self.runtime.baseline else 0
+        self.counters.explanations_generated += len(texts) if writer is not self.runtime.baseline else 0
+        self.counters.explanations_replaced += replaced
+        if replaced:
+            log.info("step %d: %d of %d generated explanations failed the faithfulness check; templates published",
+                     boundary, replaced, len(texts))
         model = {"name": scorer.name, "version": scorer.version, "sha256": scorer.sha256}
-        return trend_records(batch, forecast, chosen, explanations, model)
+        return trend_records(batch, forecast, chosen, texts, model, sources)
 
     def log_progress(self) -> None:
         log.info("trail: %s", orjson.dumps(self.counters.as_dict()).decode())

@@ -41,17 +41,19 @@ def synthetic_batch(n: int, spec: WindowSpec, seed: int = 0) -> FeatureBatch:
     counts = rng.poisson(rng.gamma(1.0, 8.0, size=(n, 1)), size=(n, spec.n_buckets))
     boundary = 20_000
     return FeatureBatch([f"i{k}" for k in range(n)], counts, np.full(n, boundary - 1), boundary, spec,
-                        texts=[titles[k % len(titles)] for k in range(n)])
+                        texts=[titles[k % len(titles)] + (f" #{k // len(titles)}" if k >= len(titles) else "")
+                               for k in range(n)])
 
 
 async def one_step(runtime, batch: FeatureBatch, k: int) -> dict:
-    from streams.scoring_loop import top_k_order
+    from streams.scoring_loop import grounded_explanations, top_k_order
 
     started = time.perf_counter()
     forecast, scorer = await runtime.forecast(batch)
     forecast_done = time.perf_counter()
     chosen = top_k_order(batch.item_ids, forecast, k)
-    await runtime.explain(scorer, batch, forecast, chosen)
+    texts, writer = await runtime.explain(scorer, batch, forecast, chosen)
+    grounded_explanations(batch, forecast, chosen, texts, writer is not runtime.baseline, runtime.baseline)
     done = time.perf_counter()
     return {"step_ms": (done - started) * 1000, "forecast_ms": (forecast_done - started) * 1000,
             "explain_ms": (done - forecast_done) * 1000, "scorer": scorer.name}

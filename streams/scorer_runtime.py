@@ -101,18 +101,21 @@ class ScorerRuntime:
                         len(batch), time.monotonic() - started, type(exc).__name__, exc)
             return self.baseline.forecast(batch), self.baseline
 
-    async def explain(self, scorer: Scorer, batch: FeatureBatch, forecast: np.ndarray, index: np.ndarray) -> list[str]:
+    async def explain(self, scorer: Scorer, batch: FeatureBatch, forecast: np.ndarray,
+                      index: np.ndarray) -> tuple[list[str], Scorer]:
+        """Explanations of rows `index` and the scorer that wrote them (the baseline on failure or overrun)."""
         if scorer is self.baseline:
-            return self.baseline.explain(batch, forecast, index)
+            return self.baseline.explain(batch, forecast, index), self.baseline
         loop = asyncio.get_running_loop()
         try:
-            return await asyncio.wait_for(
+            texts = await asyncio.wait_for(
                 loop.run_in_executor(self.executor, scorer.explain, batch, forecast, index), self.step_budget_s)
+            return texts, scorer
         except Exception as exc:  # noqa: BLE001
             self.fallbacks += 1
             log.warning("TRAIL explanations failed (%s: %s); template explanations used for this step",
                         type(exc).__name__, exc)
-            return self.baseline.explain(batch, forecast, index)
+            return self.baseline.explain(batch, forecast, index), self.baseline
 
     def scorer_by_name(self, name: str) -> Scorer:
         return self.scorer if self.scorer.name == name else self.baseline

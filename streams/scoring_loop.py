@@ -3,7 +3,10 @@ partition -> one global top-K of explained trend v1 records (the merge step).
 
 The global top-K is exact: an item in it is in its own partition's top-K. Ranking is by forecast, ties
 broken by item id, so one worker and many give the same records. Explanations are written only for the
-global top-K, in the merge step. No Kafka I/O here.
+global top-K, in the merge step. Every generated explanation is checked with the faithfulness checker
+before it is published (`grounded_explanations`): one that cites a number the signals do not hold, or a
+direction other than the forecast's, is replaced by the grounded template, and the record says which it
+carries (`explanation_source`). No Kafka I/O here.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from collections.abc import Callable
 import numpy as np
 
 from models.features import FeatureBatch
+from models.rationales import check_explanation
+from models.scoring import Scorer
 from streams.state import Snapshot
 from streams.windows import WindowSpec, bucket_count_matrix, last_event_slot_matrix
 
@@ -70,8 +75,26 @@ def merge_top_k(candidates: list[dict], boundary: int, spec: WindowSpec, k: int)
     return batch, forecast, top_k_order(batch.item_ids, forecast, k)
 
 
+def grounded_explanations(batch: FeatureBatch, forecast: np.ndarray, chosen: np.ndarray, explanations: list[str],
+                          from_model: bool, template: Scorer) -> tuple[list[str], list[str]]:
+    """(texts, sources): model explanations that pass `check_explanation` kept ("model"), the others replaced
+    by `template`'s grounded explanation ("template"). from_model=False: all are templates already."""
+    if not from_model:
+        return list(explanations), ["template"] * len(explanations)
+    failing = [j for j, (i, text) in enumerate(zip(chosen, explanations, strict=True))
+               if not check_explanation(text, batch.signals_of(int(i)), float(forecast[i]),
+                                        float(batch.signals["last_count"][i]))[0]]
+    texts, sources = list(explanations), ["model"] * len(explanations)
+    if failing:
+        replacements = template.explain(batch, forecast, np.asarray(chosen)[failing])
+        for j, text in zip(failing, replacements, strict=True):
+            texts[j], sources[j] = text, "template"
+    return texts, sources
+
+
 def trend_records(
-    batch: FeatureBatch, forecast: np.ndarray, chosen: np.ndarray, explanations: list[str], model: dict
+    batch: FeatureBatch, forecast: np.ndarray, chosen: np.ndarray, explanations: list[str], model: dict,
+    sources: list[str] | None = None,
 ) -> list[dict]:
     """Trend v1 records of the chosen rows, ranked in the given order."""
     spec = batch.spec
@@ -95,5 +118,7 @@ def trend_records(
         }
         if batch.texts[i]:
             record["title"] = batch.texts[i]
+        if sources is not None:
+            record["explanation_source"] = sources[rank - 1]
         records.append(record)
     return records

@@ -49,6 +49,19 @@ def wait_for_end(replay: Replay, end_ms: int, timeout_s: float = 240) -> list[di
     raise TimeoutError("final step never arrived: " + replay.workers[-1].log_tail(3000))
 
 
+def assert_published_explanations_are_faithful(records: list[dict]) -> None:
+    """Every record validates; every explanation passes the checker and states the forecast's direction."""
+    from models.rationales import check_explanation
+
+    check = validator(TREND_V1)
+    for r in records:
+        check(r)
+        faithful, consistent = check_explanation(r["explanation"], r["signals"], r["predicted_count"],
+                                                 r["signals"]["last_count"])
+        assert faithful and consistent, r
+        assert r["explanation_source"] in ("model", "template")
+
+
 def test_live_trends_equal_the_backtest_path_for_the_same_steps(make_replay, unique_topic, tmp_path, ml100k,
                                                                tiny_trail_bundle, tiny_trail_model):
     from models.backtest import feature_batch_at
@@ -59,8 +72,10 @@ def test_live_trends_equal_the_backtest_path_for_the_same_steps(make_replay, uni
     start_ml100k_worker(replay, ml100k, str(tiny_trail_bundle))
     replay.produce(events)
     last_end = max(e["ts"] for e in events) // DAY_MS * DAY_MS
-    steps = by_step(wait_for_end(replay, last_end))
+    records = wait_for_end(replay, last_end)
+    steps = by_step(records)
     replay.stop()
+    assert_published_explanations_are_faithful(records)
 
     torch_scorer = load_trail_scorer(str(tiny_trail_model))
     spec = ml100k.default_spec()
