@@ -13,9 +13,10 @@ from pathlib import Path
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "export", help="export a trained TRAIL model to a verified ONNX bundle (step + forecast graphs)",
+        "export", help="export a trained TRAIL model to a verified ONNX bundle (step + text + forecast graphs)",
         description="Export MODEL (a NAME under artifacts/models or a folder) to ONNX: a step graph with a "
-        "key/value cache (prompt pass and decoding) and a forecast graph, plus tokenizer, config, model card "
+        "key/value cache (prompt pass and decoding), a text graph (item text -> text vector, run once per item) "
+        "and a forecast graph ([features, text vector] -> forecast), plus tokenizer, config, model card "
         "and manifest.json with the sha256 of every file. Default output: artifacts/bundles/NAME[-int8].",
     )
     p.add_argument("model", metavar="MODEL", help="trained model: NAME under artifacts/models, or a folder")
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
                                  on_stage=lambda name: status.update(f"export: {name}"))
     folder = args.out.resolve() if args.out else None
     sizes = ", ".join(f"{f} {manifest['files'][f]['bytes'] / 1e6:.1f} MB"
-                      for f in (manifest["graph"]["step"], manifest["graph"]["forecast"]))
+                      for f in (manifest["graph"]["step"], manifest["graph"]["text"], manifest["graph"]["forecast"]))
     console.print(f"exported {manifest['model']['name']} ({manifest['precision']}) to bundle {manifest['name']}"
                   f"{f' at {folder}' if folder else ''} in {manifest['export_s']} s: {sizes}; "
                   f"sha256 {manifest['sha256'][:12]}")
