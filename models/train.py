@@ -384,6 +384,9 @@ def train(cfg: TrainConfig, out_dir: Path | None = None, progress: Progress | No
     from models.datasets import load_dataset
 
     progress = progress or Progress()
+    if cfg.device != "cpu" and not torch.cuda.is_available():
+        raise ValueError(f"--device {cfg.device}: torch {torch.__version__} sees no CUDA device on this machine; "
+                         "train with --device cpu (the default)")
     started = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -209,3 +209,11 @@ def test_saved_model_loads_back_and_refuses_changed_weights(tiny_model, tokenize
     weights.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="sha256"):
         load_trail_scorer(str(tmp_path / "m"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_training_on_cuda_without_a_device_fails_clearly_before_any_work() -> None:
+    from models.train import TrainConfig, train
+
+    with pytest.raises(ValueError, match="sees no CUDA device"):
+        train(TrainConfig.for_base("tiny", device="cuda", steps=1))
