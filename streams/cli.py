@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # subcommand -> module with add_parser(); order is the order shown in --help
@@ -53,6 +54,16 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except (ValueError, FileNotFoundError) as exc:   # bad input, missing or refused files: say what, no traceback
+        if os.environ.get("TRAIL_DEBUG"):
+            raise
+        print(f"trail {argv_command(argv)}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def argv_command(argv: list[str] | None) -> str:
+    words = sys.argv[1:] if argv is None else argv
+    return next((w for w in words if not w.startswith("-")), "")
 
 
 if __name__ == "__main__":
