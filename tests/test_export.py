@@ -219,3 +219,11 @@ def test_text_vector_cache_is_bounded_and_drops_the_least_recently_used():
     cache.put(["c"], np.ones((1, 2), dtype=np.float32))
     assert len(cache) == 2 and cache.missing(["a", "b", "c"]) == ["b"]
     np.testing.assert_array_equal(cache.get(["c", "a"]), [[1, 1], [1, 0]])
+
+
+def test_cli_reports_a_missing_bundle_in_one_line_with_exit_code_2(tmp_path, capsys):
+    from streams.cli import main
+
+    assert main(["bench", "score", "--bundle", str(tmp_path / "none"), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "trail bench: error: no TRAIL bundle at" in err and "Traceback" not in err
