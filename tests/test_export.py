@@ -173,7 +173,7 @@ def test_serving_path_never_imports_torch(bundle_dir):
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, timeout=120)
 
 
-def test_int8_bundle_forecasts_close_to_fp32(tiny_model_dir, onnx_scorer, batch, tmp_path):
+def test_int8_bundle_forecasts_equal_the_fp32_ones(tiny_model_dir, onnx_scorer, batch, tmp_path):
     from export.onnx_export import export_bundle
 
     manifest = export_bundle(str(tiny_model_dir), tmp_path / "int8", int8=True)
@@ -181,7 +181,7 @@ def test_int8_bundle_forecasts_close_to_fp32(tiny_model_dir, onnx_scorer, batch,
     assert manifest["precision"] == "int8-dynamic" and int8.sha256 != onnx_scorer.sha256
     fp32_log1p = onnx_scorer.forecast_log1p(onnx_scorer.features(batch), batch.texts)
     int8_log1p = int8.forecast_log1p(int8.features(batch), batch.texts)
-    assert np.abs(int8_log1p - fp32_log1p).max() < 0.1
+    np.testing.assert_allclose(int8_log1p, fp32_log1p, atol=1e-5)   # only the generator is quantised
 
 
 def test_bench_score_prints_the_documented_keys(bundle_dir, capsys):
