@@ -62,7 +62,8 @@ def ensure_bundle(args: argparse.Namespace) -> str:
     return "trail-tiny"
 
 
-def replay_dataset(bootstrap: str, topics: dict[str, str], speed: float, done: threading.Event, stats: dict) -> None:
+def replay_dataset(bootstrap: str, topics: dict[str, str], speed: float, done: threading.Event, stats: dict,
+                   halt: threading.Event) -> None:
     from infra.kafka_config import KafkaSettings
     from models.datasets import load_dataset
     from streams.produce_cli import paced
@@ -75,6 +76,8 @@ def replay_dataset(bootstrap: str, topics: dict[str, str], speed: float, done: t
     started = time.monotonic()
     with ClickProducer(settings, topics["clicks"], 4, envelope=50) as producer:
         for event in paced(log.iter_events(), speed):
+            if halt.is_set():   # --duration ran out: stop before the broker goes away under the producer
+                break
             producer.send(event)
             stats["produced"] = stats.get("produced", 0) + 1
     stats["replay_s"] = time.monotonic() - started
@@ -106,6 +109,10 @@ def faithfulness(records: list[dict]) -> float | None:
     ok = [check_explanation(r["explanation"], r["signals"], r["predicted_count"], r["signals"]["last_count"])[0]
           for r in records]
     return sum(ok) / len(ok)
+
+
+def share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
 
 
 def model_faithfulness(status: dict, records: list[dict]) -> float | None:
@@ -153,11 +160,11 @@ def run(args: argparse.Namespace) -> int:
                                 "--idle-flush-s", "3", "--slot-s", "86400", "--bucket-s", "604800",
                                 "--n-buckets", "8", "--allowed-lateness-s", "86400", "--log-level", "warning"],
                                Path(data_dir)).start()
+        done, halt, stats = threading.Event(), threading.Event(), {}
+        producer = threading.Thread(target=replay_dataset, daemon=True,
+                                    args=(broker.bootstrap, topics, ML100K_SPAN_S / args.replay_s, done, stats, halt))
         try:
             worker.wait_for(lambda s: len(s.get("assigned", [])) == 4, 120, "partitions assigned")
-            done, stats = threading.Event(), {}
-            producer = threading.Thread(target=replay_dataset, daemon=True,
-                                        args=(broker.bootstrap, topics, ML100K_SPAN_S / args.replay_s, done, stats))
             started = time.monotonic()
             producer.start()
             records: list[dict] = []
@@ -177,6 +184,9 @@ def run(args: argparse.Namespace) -> int:
                         break
             status = worker.status()
         finally:
+            halt.set()
+            if producer.is_alive():
+                producer.join(timeout=30)
             worker.stop()
     elapsed = time.monotonic() - started
     summary = {
@@ -197,7 +207,9 @@ def run(args: argparse.Namespace) -> int:
         print(orjson.dumps(summary).decode())
     else:
         print(f"\n{summary['records']} trend records over {summary['steps']} steps, model {summary['model']}, "
-              f"faithfulness {summary['faithfulness']}.\nRecords: {args.out / 'trends.jsonl'}\n"
+              f"faithfulness of its explanations {share(summary['faithfulness'])}, of the published ones "
+              f"{share(summary['published_faithfulness'])} (failing ones are replaced by templates)."
+              f"\nRecords: {args.out / 'trends.jsonl'}\n"
               f"Report:  {args.out / 'REPORT.md'}")
     return 0
 
