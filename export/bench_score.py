@@ -47,8 +47,13 @@ def item_texts(n_items: int) -> list[str]:
         catalogue = list(ml100k_item_texts(read_atomic_file(ml100k_dir() / "ml-100k.item")).values())
     except FileNotFoundError:
         catalogue = [f"Item {i} of the synthetic catalogue (1997) | Drama, Comedy" for i in range(1682)]
+    return distinct_texts(catalogue, n_items)
+
+
+def distinct_texts(catalogue: list[str], n: int) -> list[str]:
+    """n texts cycling through `catalogue`, each pass after the first numbered (" #1", " #2", ...)."""
     return [catalogue[i % len(catalogue)] + (f" #{i // len(catalogue)}" if i >= len(catalogue) else "")
-            for i in range(n_items)]
+            for i in range(n)]
 
 
 def synthetic_batch(n_items: int, seed: int = 0, n_buckets: int = 8, text_suffix: str = ""):

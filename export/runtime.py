@@ -4,8 +4,8 @@
   request on a machine without a usable GPU, logs an error and silently runs on CPU; the fallback is
   detected by comparing `session.get_providers()` with the request, logged, and reported.
 - `TrailRuntime.text_vectors`: the text graph over item texts, sorted by length and chunked (little padding);
-  `TextVectorCache` keeps each item text's vector (bounded, least recently used out), so a step only reads
-  the texts of items it has not seen.
+  `models.text_vectors.TextVectorCache` keeps each item text's vector (bounded, least recently used out),
+  so a step only reads the texts of items it has not seen.
 - `TrailRuntime.forecast_log1p`: the forecast graph ([numeric features, text vector] -> log1p) in one run.
 - `TrailRuntime.generate`: left-padded greedy decoding with the step graph and its key/value cache, at most
   `max_new_tokens` tokens, stopping when every row has written <|im_end|> (the same loop as
@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from export.prompts import EOS_ID, left_pad, prompt_inputs
+from models.text_vectors import TextVectorCache, read_in_length_order
 
 log = logging.getLogger(__name__)
 
@@ -136,33 +136,6 @@ class Geometry:
         return cls(g["n_layers"], g["n_kv_heads"], g["head_dim"], t["n_prefix"], int(numeric.shape[2]))
 
 
-class TextVectorCache:
-    """Item text -> text vector, at most `capacity` entries, the least recently used dropped first."""
-
-    def __init__(self, capacity: int = 200_000) -> None:
-        self.capacity = capacity
-        self._vecs: OrderedDict[str, np.ndarray] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._vecs)
-
-    def missing(self, texts: list[str]) -> list[str]:
-        """Distinct texts without a vector, in first-seen order."""
-        return [t for t in dict.fromkeys(texts) if t not in self._vecs]
-
-    def put(self, texts: list[str], vecs: np.ndarray) -> None:
-        for text, vec in zip(texts, vecs, strict=True):
-            self._vecs[text] = vec
-        while len(self._vecs) > self.capacity:
-            self._vecs.popitem(last=False)
-
-    def get(self, texts: list[str]) -> np.ndarray:
-        """Vectors [n, d] of `texts` (every one must be present); marks them recently used."""
-        for text in dict.fromkeys(texts):
-            self._vecs.move_to_end(text)
-        return np.stack([self._vecs[t] for t in texts])
-
-
 class TrailRuntime:
     """The step, text and forecast graphs of one bundle behind numpy calls."""
 
@@ -189,23 +162,15 @@ class TrailRuntime:
 
     def read_texts(self, rows: list[list[int]], chunk: int = 256) -> np.ndarray:
         """Text vectors [n, d] of token rows ("<|im_start|> item text"), chunked by length (little padding)."""
-        out: np.ndarray | None = None
-        order = np.argsort([len(r) for r in rows], kind="stable")
-        for start in range(0, len(order), chunk):
-            part = order[start:start + chunk]
-            ids, mask = left_pad([rows[i] for i in part])
-            vecs = self.text_session.run(["text_vec"], {"input_ids": ids, "attention_mask": mask})[0]
-            if out is None:
-                out = np.zeros((len(rows), vecs.shape[1]), dtype=np.float32)
-            out[part] = vecs
-        return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+        def read_chunk(part: list[list[int]]) -> np.ndarray:
+            ids, mask = left_pad(part)
+            return self.text_session.run(["text_vec"], {"input_ids": ids, "attention_mask": mask})[0]
+
+        return read_in_length_order(rows, chunk, read_chunk)
 
     def text_vectors(self, texts: list[str], text_rows, chunk: int = 256) -> np.ndarray:
         """Vectors [n, d] of item texts: cached ones looked up, the others read (text_rows(texts) -> token rows)."""
-        missing = self.text_cache.missing(texts)
-        if missing:
-            self.text_cache.put(missing, self.read_texts(text_rows(missing), chunk))
-        return self.text_cache.get(texts)
+        return self.text_cache.vectors(texts, lambda missing: self.read_texts(text_rows(missing), chunk))
 
     def forecast_log1p(self, features: np.ndarray, text_vec: np.ndarray) -> np.ndarray:
         """log1p next-bucket counts of every row: one run of the forecast graph."""

@@ -18,6 +18,7 @@ import torch
 from infra.integrity import sha256_of
 from models.features import FeatureBatch
 from models.rationales import evidence_text, period_word
+from models.text_vectors import TextVectorCache, read_in_length_order
 from models.trail import (
     ARTIFACTS_DIR,
     EOS_ID,
@@ -79,7 +80,7 @@ class TrailScorer:
         self.sha256 = sha256
         self.forecast_chunk = forecast_chunk
         self.explain_chunk = explain_chunk
-        self._text_vecs: dict[str, np.ndarray] = {}
+        self.text_cache = TextVectorCache()
 
     def _check_batch(self, batch: FeatureBatch) -> None:
         if batch.spec.n_buckets != self.config.n_buckets:
@@ -94,17 +95,13 @@ class TrailScorer:
     @torch.inference_mode()
     def text_vectors(self, texts: list[str]) -> np.ndarray:
         """Item text vectors [n, d] (float32), read once per distinct text and cached."""
-        missing = list(dict.fromkeys(t for t in texts if t not in self._text_vecs))
-        rows = self.tokens.text_rows(missing)
-        order = np.argsort([len(r) for r in rows], kind="stable")
-        for start in range(0, len(order), self.forecast_chunk):
-            part = order[start:start + self.forecast_chunk]
-            ids, mask = left_pad([rows[i] for i in part])
-            vecs = self.model.read_text(ids, mask).float().numpy()
-            self._text_vecs.update((missing[i], v) for i, v in zip(part, vecs, strict=True))
         if not texts:
             return np.zeros((0, self.model.lm.config.hidden_size), dtype=np.float32)
-        return np.stack([self._text_vecs[t] for t in texts])
+        return self.text_cache.vectors(texts, self._read_texts)
+
+    def _read_texts(self, texts: list[str]) -> np.ndarray:
+        return read_in_length_order(self.tokens.text_rows(texts), self.forecast_chunk,
+                                    lambda part: self.model.read_text(*left_pad(part)).float().numpy())
 
     @torch.inference_mode()
     def forecast_log1p(self, features: np.ndarray, texts: list[str]) -> np.ndarray:

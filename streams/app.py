@@ -376,11 +376,11 @@ class Pipeline:
         batch, forecast, chosen = merge_top_k(candidates, boundary, self.config.spec, self.config.top_k)
         scorer = self.runtime.scorer_by_name(candidates[chosen[0]].get("model", ""))
         explanations, writer = await self.runtime.explain(scorer, batch, forecast, chosen)
-        texts, sources = grounded_explanations(batch, forecast, chosen, explanations,
-                                               from_model=writer is not self.runtime.baseline,
+        from_model = writer is not self.runtime.baseline
+        texts, sources = grounded_explanations(batch, forecast, chosen, explanations, from_model,
                                                template=self.runtime.baseline)
-        replaced = sources.count("template") if writer is not self.runtime.baseline else 0
-        self.counters.explanations_generated += len(texts) if writer is not self.runtime.baseline else 0
+        replaced = sources.count("template") if from_model else 0
+        self.counters.explanations_generated += len(texts) if from_model else 0
         self.counters.explanations_replaced += replaced
         if replaced:
             log.info("step %d: %d of %d generated explanations failed the faithfulness check; templates published",

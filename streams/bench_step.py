@@ -36,6 +36,7 @@ def add_bench_parser(benches) -> None:
 
 
 def synthetic_batch(n: int, spec: WindowSpec, seed: int = 0) -> FeatureBatch:
+    from export.bench_score import distinct_texts
     from models.datasets import load_dataset
 
     rng = np.random.default_rng(seed)
@@ -43,8 +44,7 @@ def synthetic_batch(n: int, spec: WindowSpec, seed: int = 0) -> FeatureBatch:
     counts = rng.poisson(rng.gamma(1.0, 8.0, size=(n, 1)), size=(n, spec.n_buckets))
     boundary = 20_000
     return FeatureBatch([f"i{k}" for k in range(n)], counts, np.full(n, boundary - 1), boundary, spec,
-                        texts=[titles[k % len(titles)] + (f" #{k // len(titles)}" if k >= len(titles) else "")
-                               for k in range(n)])
+                        texts=distinct_texts(titles, n))
 
 
 async def one_step(runtime, batch: FeatureBatch, k: int) -> dict:

@@ -211,7 +211,7 @@ def test_item_texts_are_read_once_then_served_from_the_cache(onnx_scorer, batch,
 
 
 def test_text_vector_cache_is_bounded_and_drops_the_least_recently_used():
-    from export.runtime import TextVectorCache
+    from models.text_vectors import TextVectorCache
 
     cache = TextVectorCache(capacity=2)
     cache.put(["a", "b"], np.eye(2, dtype=np.float32))
