@@ -18,6 +18,8 @@ SCHEMA_DIR = Path(__file__).resolve().parent
 CLICK_EVENT_V1 = "click-event.v1"
 TREND_V1 = "trend.v1"
 DLQ_RECORD_V1 = "dlq-record.v1"
+CATALOGUE_ITEM_V1 = "catalogue-item.v1"
+CANDIDATES_V1 = "candidates.v1"
 
 
 def schema_path(name: str) -> Path:

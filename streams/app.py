@@ -8,10 +8,14 @@ changelog) -> when the watermark crosses a slot boundary, the partition's top-K 
 `trending-items`.
 
 Table writes bypass faust's per-key `table[key] = value` path (one changelog send through a 100-entry
-buffer per key, ~100x slower): each batch multi-gets the old values, sends the changelog records with
-an explicit partition, waits for their acks, then writes one RocksDB WriteBatch and records the
-persisted changelog offset, as faust's own `_on_changelog_sent` does. Acks before the local write keep
-recovery exact: a crash leaves the changelog ahead of the store, never behind it.
+buffer per key, ~100x slower): `streams.table_store` sends each write as one changelog group, waits for
+the acks, then applies it locally in one WriteBatch with the persisted offset; recovery applies whole
+groups only. In-memory state moves only after a commit succeeded.
+
+Fail-stop: an exception that escapes an agent, task or timer stops the worker with exit code 70 before
+faust can acknowledge the batch it came from (faust's default would log it, acknowledge the batch and
+restart the agent: input lost, worker looking healthy). A supervisor restarts the worker, which resumes
+from the committed offsets and the changelog.
 """
 
 from __future__ import annotations
@@ -19,17 +23,20 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import faust
 import orjson
-import rocksdict
-from faust.types import TP
 
+from models.features import FeatureBatch
+from streams.catalogue import catalogue_text, validate_catalogue_record
 from streams.config import WorkerConfig
-from streams.deltas import DeltaRouter, decode_deltas, encode_deltas
-from streams.events import dlq_record, latest_acceptable_ts_ms
+from streams.deltas import DeltaRouter, InvalidInternalMessage, decode_deltas, encode_deltas
+from streams.events import Rejection, dlq_record, latest_acceptable_ts_ms
+from streams.merge import CandidatesMessage, MergeProgress, pending_key, record_id
 from streams.scorer_runtime import ScorerRuntime
 from streams.scoring_loop import (
     features_at,
@@ -39,6 +46,7 @@ from streams.scoring_loop import (
     trend_records,
 )
 from streams.state import PartitionState, StateUpdate
+from streams.table_store import TableWriter, partition_db, register_store
 
 log = logging.getLogger("trail.worker")
 
@@ -49,6 +57,7 @@ class Counters:
     counted: int = 0             # events added to the table (stage 2)
     catalogue_items: int = 0     # item records stored from the items topic
     dlq: int = 0
+    dlq_internal: int = 0            # internal-topic messages rejected (forged or corrupt), never applied
     duplicates: int = 0
     late: int = 0
     redelivered_skipped: int = 0
@@ -64,23 +73,12 @@ class Counters:
         return {k: v for k, v in self.__dict__.items()}
 
 
-def catalogue_text(value: bytes | None) -> str:
-    """The text of an items-topic record ({"item_id", "text"|"title"}); "" when absent or unreadable."""
-    if not value:
-        return ""
-    try:
-        record = orjson.loads(value)
-        return str(record.get("text") or record.get("title") or "")
-    except (orjson.JSONDecodeError, AttributeError):
-        return ""
-
-
 def create_app(config: WorkerConfig, runtime: ScorerRuntime) -> faust.App:
     app = faust.App(
         config.app_id,
         broker=config.kafka.faust_broker_url(),
         broker_credentials=config.kafka.faust_credentials(),
-        store="rocksdb://",
+        store=register_store(),
         datadir=str(config.data_dir / config.worker_id),
         topic_partitions=config.partitions,
         topic_allow_declare=False,        # topics are created explicitly (infra.admin)
@@ -90,39 +88,43 @@ def create_app(config: WorkerConfig, runtime: ScorerRuntime) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_linger_ms=5,
         producer_max_batch_size=512 * 1024,   # changelog writes go out as whole record batches
+        producer_max_request_size=4 * 1024 * 1024,  # a deltas message of one 1 MiB input message fits
         table_cleanup_interval=3600,
     )
     app.conf.broker_commit_every = 10_000
     pipeline = Pipeline(app, config, runtime)
     app.trail_pipeline = pipeline  # reachable from tests and the status file
 
+    stop = pipeline.fail_stop
+
     @app.agent(pipeline.clicks_topic)
     async def count_clicks(stream):
         async for events in stream.take_events(config.batch_max_messages, within=config.batch_within_s):
-            await pipeline.ingest([(e.message.partition, e.message.offset, e.message.value) for e in events])
+            await stop(pipeline.ingest, [(e.message.partition, e.message.offset, e.message.value) for e in events])
 
     @app.agent(pipeline.deltas_topic)
     async def apply_deltas(stream):
         async for event in stream.events():
-            await pipeline.apply(event.message.partition, event.message.value)
+            await stop(pipeline.apply, event.message.partition, event.message.offset, event.message.value)
 
     @app.agent(pipeline.items_topic)
     async def store_items(stream):
         async for events in stream.take_events(1000, within=0.2):
-            await pipeline.store_items([(e.message.partition, e.message.key, e.message.value) for e in events])
+            await stop(pipeline.store_items,
+                       [(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events])
 
     @app.agent(pipeline.candidates_topic)
     async def merge_partitions(stream):
         async for event in stream.events():
-            await pipeline.merge(event.value)
+            await stop(pipeline.merge, event.message.offset, event.message.value)
 
     @app.task
     async def score_partitions():
-        await pipeline.run_scoring()
+        await stop(pipeline.run_scoring)
 
     @app.timer(1.0)
     async def flush_idle_partitions():
-        await pipeline.flush_idle()
+        await stop(pipeline.flush_idle)
 
     @app.timer(1.0)
     async def write_status():
@@ -134,6 +136,20 @@ def create_app(config: WorkerConfig, runtime: ScorerRuntime) -> faust.App:
 
     app.on_partitions_revoked.connect(pipeline.on_revoked)
     return app
+
+
+@dataclass
+class ScoringJob:
+    """One partition's snapshot at one boundary, forecast off the deltas agent.
+
+    `batch` None: a progress report only (nothing to score up to `boundary`, so the merge step need not
+    wait for this partition). `commit`: record the boundary as scored once the candidates are sent.
+    """
+
+    state: PartitionState
+    boundary: int
+    batch: FeatureBatch | None
+    commit: bool = True
 
 
 class Pipeline:
@@ -153,12 +169,28 @@ class Pipeline:
         self.counts_table = app.Table(config.table_name, partitions=config.partitions, schema=raw_schema)
         self.items_table = app.Table("items", partitions=config.partitions, schema=raw_schema)
         self.merge_table = app.Table("merge", partitions=1, schema=raw_schema)
+        self.writer = TableWriter(app)
         self.router = DeltaRouter(config.partitions, config.spec, config.dedup_capacity)
         self.states: dict[int, PartitionState] = {}
-        self.locks: dict[int, asyncio.Lock] = {}
+        self.locks: dict[int, asyncio.Lock] = {}   # one per partition for the process's life: never two owners
         self.last_input_at: dict[int, float] = {}
         self.empty_reported: dict[int, int] = {}
         self.counters = Counters()
+
+    async def fail_stop(self, body: Callable[..., Awaitable[None]], *args) -> None:
+        """Run an agent's body; if it raises, log, write the status and exit at once (nothing acked)."""
+        try:
+            await body(*args)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            log.critical("trail: %s failed; stopping the worker so its input is not acknowledged "
+                         "(restart it: it resumes from the committed offsets)", body.__name__, exc_info=True)
+            try:
+                self.write_status(failed=body.__name__)
+            finally:
+                logging.shutdown()
+                os._exit(70)
 
     # --- stage 1 ---------------------------------------------------------------------------------------
 
@@ -173,30 +205,46 @@ class Pipeline:
             sends.append(await producer.send(self.config.topics.dlq, None, record, None, None, None))
         for source, watermark in batch.watermarks.items():
             for target in range(self.config.partitions):
-                value = encode_deltas(source, watermark, batch.deltas.get((source, target)))
-                sends.append(await producer.send(self.config.deltas_topic, None, value, target, None, None))
+                for value in encode_deltas(source, watermark, batch.deltas.get((source, target))):
+                    sends.append(await producer.send(self.config.deltas_topic, None, value, target, None, None))
         await asyncio.gather(*sends)
         self.counters.events += batch.events
         self.counters.dlq += len(batch.rejections)
         self.counters.duplicates += batch.duplicates
+
+    async def reject_internal(self, topic: str, partition: int, offset: int, value: bytes | None,
+                              reason: str) -> None:
+        """An internal or catalogue message this code did not write goes to the DLQ, never applied."""
+        log.warning("trail: rejected %s[%d]@%d: %s", topic, partition, offset, reason)
+        record = dlq_record(Rejection(value or b"", reason, None, "bad_internal"), topic, partition, offset)
+        await self.writer.send(self.config.topics.dlq, None, record)
+        self.counters.dlq_internal += 1
 
     # --- stage 2 ---------------------------------------------------------------------------------------
 
     def state_for(self, partition: int) -> PartitionState:
         state = self.states.get(partition)
         if state is None:
-            db = self.counts_table.data._db_for_partition(partition)
             state = self.states[partition] = PartitionState(
-                partition, db, self.config.spec, self.config.partitions, self.config.max_candidates)
-            self.locks[partition] = asyncio.Lock()
+                partition, partition_db(self.counts_table, partition), self.config.spec, self.config.partitions,
+                self.config.max_candidates, idle_timeout_s=self.config.source_idle_timeout_s)
+            self.locks.setdefault(partition, asyncio.Lock())
         return state
 
-    async def apply(self, partition: int, value: bytes) -> None:
-        source, watermark, columns = decode_deltas(value)
+    async def apply(self, partition: int, offset: int, value: bytes | None) -> None:
+        try:
+            source, watermark, columns = decode_deltas(value, self.config.partitions,
+                                                       latest_acceptable_ts_ms(self.config.max_future_s))
+        except InvalidInternalMessage as exc:
+            await self.reject_internal(self.config.deltas_topic, partition, offset, value, str(exc))
+            return
         state = self.state_for(partition)
         async with self.locks[partition]:
+            if self.states.get(partition) is not state:
+                return  # revoked while waiting: the new owner applies it (the offset was not committed)
             update = state.apply_deltas(source, watermark, columns)
-            await self.commit(self.counts_table, partition, update.writes)
+            await self.writer.commit(self.counts_table, partition, update.writes)
+            state.accept(update)
             self._count(update)
             self.last_input_at[partition] = time.monotonic()
             due = self.snapshot_due(state, idle=False)
@@ -210,57 +258,34 @@ class Pipeline:
         self.counters.late += update.late_events
         self.counters.redelivered_skipped += update.skipped_entries
 
-    async def commit(self, table, partition: int, writes: dict[bytes, bytes]) -> None:
-        """Changelog first (acked), then one local WriteBatch and the persisted changelog offset."""
-        if not writes:
-            return
-        changelog = table.changelog_topic.get_topic_name()
-        last_offset = await self.send_record_batches(changelog, partition, writes)
-        batch = rocksdict.WriteBatch(raw_mode=True)
-        for key, value in writes.items():
-            batch.put(key, value)
-        store = table.data
-        store._db_for_partition(partition).write(batch)
-        store.set_persisted_offset(TP(changelog, partition), last_offset)
-
-    async def send_record_batches(self, topic: str, partition: int, records: dict[bytes, bytes]) -> int:
-        """Send key/value records to one partition as whole record batches; the offset of the last one.
-
-        aiokafka's per-record send costs ~25 us (a future and a lookup per record) and was the largest
-        cost of a table write; a BatchBuilder holds up to producer_max_batch_size bytes of records.
-        """
-        producer = self.app.producer._ensure_producer()  # the aiokafka producer under faust's
-        sent: list[tuple[asyncio.Future, int]] = []
-        batch, in_batch = producer.create_batch(), 0
-        for key, value in records.items():
-            if batch.append(key=key, value=value, timestamp=None) is None:
-                sent.append((await producer.send_batch(batch, topic, partition=partition), in_batch))
-                batch, in_batch = producer.create_batch(), 0
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    raise ValueError(f"a {len(value)}-byte changelog record exceeds producer_max_batch_size")
-            in_batch += 1
-        sent.append((await producer.send_batch(batch, topic, partition=partition), in_batch))
-        results = await asyncio.gather(*(future for future, _ in sent))
-        return results[-1].offset + sent[-1][1] - 1
-
-    def snapshot_due(self, state: PartitionState, idle: bool) -> list[tuple]:
-        """Scoring jobs for every due boundary, snapshotted now (features read only slots before it).
+    def snapshot_due(self, state: PartitionState, idle: bool) -> list[ScoringJob]:
+        """Scoring jobs for the due boundaries (at most a bounded number per call; the rest stay due),
+        snapshotted now (features read only slots before the boundary).
 
         The model runs in `run_scoring`, not here, so the deltas agent keeps applying while a step is
         scored; a full queue (scoring slower than the data) holds the agent back.
         """
-        if state.next_boundary is None:
-            reach = state.reach_slot(idle)
-            if reach is None or reach <= self.empty_reported.get(state.partition, -(2**62)):
-                return []
-            self.empty_reported[state.partition] = reach
-            return [(state, reach, None)]  # no data yet: report progress so the merge step never waits
+        reach = state.reach_slot(idle)
+        if state.next_boundary is None or state.empty_until(reach if reach is not None else -(2**62)) is not None:
+            return self._progress_only(state, reach)
         jobs = []
-        for boundary in state.due_boundaries(idle):
-            batch = features_at(state.snapshot(), boundary, self.config.spec, self._texts_of(state.partition))
+        boundaries = state.due_boundaries(idle)
+        snapshot = state.snapshot() if boundaries else None   # one read of the rings serves every boundary
+        for boundary in boundaries:
+            batch = features_at(snapshot, boundary, self.config.spec, self._texts_of(state.partition))
             state.advance(boundary)
-            jobs.append((state, boundary, batch))
+            jobs.append(ScoringJob(state, boundary, batch))
         return jobs
+
+    def _progress_only(self, state: PartitionState, reach: int | None) -> list[ScoringJob]:
+        """No data yet, or only empty windows up to `reach`: report progress so the merge step never waits."""
+        if reach is None or reach <= self.empty_reported.get(state.partition, -(2**62)):
+            return []
+        self.empty_reported[state.partition] = reach
+        if state.next_boundary is None:
+            return [ScoringJob(state, reach, None, commit=False)]
+        state.advance(reach)
+        return [ScoringJob(state, reach, None)]
 
     @functools.cached_property
     def score_queue(self) -> asyncio.Queue:
@@ -269,44 +294,59 @@ class Pipeline:
     async def run_scoring(self) -> None:
         """Forecast queued snapshots in order and send each partition's candidates to the merge step."""
         while True:
-            state, boundary, batch = await self.score_queue.get()
-            if self.states.get(state.partition) is not state:
+            job = await self.score_queue.get()
+            if self.states.get(job.state.partition) is not job.state:
                 continue  # partition revoked meanwhile: its new owner scores from the committed boundary
             candidates: list[dict] = []
-            if batch is not None:
-                forecast, scorer = await self.runtime.forecast(batch)
-                candidates = partition_candidates(batch, forecast, self.config.top_k, scorer.name)
-            message = orjson.dumps({"b": boundary, "p": state.partition, "candidates": candidates})
-            await (await self.app.producer.send(self.config.candidates_topic, None, message, 0, None, None))
-            if batch is not None:
-                async with self.locks[state.partition]:
-                    await self.commit(self.counts_table, state.partition, state.commit_scored(boundary))
+            if job.batch is not None:
+                forecast, scorer = await self.runtime.forecast(job.batch)
+                candidates = partition_candidates(job.batch, forecast, self.config.top_k, scorer.name)
+            message = CandidatesMessage(job.boundary, job.state.partition, candidates)
+            await self.writer.send(self.config.candidates_topic, None, message.encode(), 0)
+            if job.commit:
+                await self._commit_scored(job)
 
-    async def store_items(self, records: list[tuple[int, bytes | None, bytes | None]]) -> None:
-        """Catalogue records (item id -> JSON with title/text) into the items table, by partition."""
-        by_partition: dict[int, dict[bytes, bytes]] = {}
-        for partition, key, value in records:
-            if key and value:
-                by_partition.setdefault(partition, {})[key] = value
+    async def _commit_scored(self, job: ScoringJob) -> None:
+        partition = job.state.partition
+        async with self.locks[partition]:
+            if self.states.get(partition) is not job.state:
+                return  # lost the partition after sending: the new owner may score it again (same content)
+            await self.writer.commit(self.counts_table, partition, job.state.commit_scored(job.boundary))
+            job.state.accept_scored(job.boundary)
+
+    async def store_items(self, records: list[tuple[int, int, bytes | None, bytes | None]]) -> None:
+        """Catalogue records (item id -> JSON with title/text) into the items table, by partition; records
+        that are not catalogue records v1 go to the DLQ; a tombstone deletes the item."""
+        by_partition: dict[int, dict[bytes, bytes | None]] = {}
+        for partition, offset, key, value in records:
+            reason = validate_catalogue_record(key, value)
+            if reason:
+                await self.reject_internal(self.config.topics.items, partition, offset, value, reason)
+                continue
+            by_partition.setdefault(partition, {})[key] = value
         for partition, writes in by_partition.items():
-            await self.commit(self.items_table, partition, writes)
+            await self.writer.commit(self.items_table, partition, writes)
             self.counters.catalogue_items += len(writes)
 
     def _texts_of(self, partition: int):
-        db = self.items_table.data._db_for_partition(partition)
+        db = partition_db(self.items_table, partition)
 
         def texts_of(item_ids: list[str]) -> list[str]:
             return [catalogue_text(value) for value in db.get([item.encode() for item in item_ids])]
         return texts_of
 
     async def flush_idle(self) -> None:
-        """Wall-clock fallback for quiet streams: score what the data reached once input stops."""
-        if self.config.idle_flush_s <= 0 or not self.score_queue.empty():
+        """Catch up on boundaries still due (bounded per call), and the wall-clock fallback for quiet
+        streams: score what the data reached once input stops."""
+        if not self.score_queue.empty():
             return  # queued steps mean backpressure (input may be waiting in Kafka), not a quiet stream
         for partition, state in list(self.states.items()):
             async with self.locks[partition]:
+                if self.states.get(partition) is not state:
+                    continue
                 quiet_s = time.monotonic() - self.last_input_at.get(partition, time.monotonic())
-                due = self.snapshot_due(state, idle=True) if quiet_s >= self.config.idle_flush_s else []
+                idle = 0 < self.config.idle_flush_s <= quiet_s
+                due = self.snapshot_due(state, idle=idle)
             for job in due:
                 await self.score_queue.put(job)
 
@@ -318,55 +358,55 @@ class Pipeline:
 
     # --- merge step ------------------------------------------------------------------------------------
 
-    async def merge(self, value: bytes) -> None:
-        message = orjson.loads(value)
-        boundary, partition = message["b"], message["p"]
-        progress = self._merge_progress()
-        if boundary <= progress["emitted_upto"] or progress["reported"].get(str(partition), -1) >= boundary:
+    async def merge(self, offset: int, value: bytes | None) -> None:
+        try:
+            message = CandidatesMessage.decode(value, self.config.partitions, self.config.top_k,
+                                               self.config.spec.n_buckets)
+        except InvalidInternalMessage as exc:
+            await self.reject_internal(self.config.candidates_topic, 0, offset, value, str(exc))
+            return
+        progress = MergeProgress.decode(self.merge_db.get(b"progress"))
+        if not progress.is_new(message):
             return  # re-delivered after a crash
-        key = f"pending:{boundary:020d}".encode()
+        key = pending_key(message.boundary)
         pending = orjson.loads(self.merge_db.get(key) or b"{}")
-        pending[str(partition)] = message["candidates"]
-        progress["reported"][str(partition)] = boundary
-        writes = {key: orjson.dumps(pending)}
+        pending[str(message.partition)] = message.candidates
+        progress.reported[str(message.partition)] = message.boundary
+        writes: dict[bytes, bytes | None] = {key: orjson.dumps(pending)}
         writes.update(await self._emit_complete(progress, writes))
-        writes[b"progress"] = orjson.dumps(progress)
-        await self.commit(self.merge_table, 0, writes)
+        writes[b"progress"] = progress.encode()
+        await self.writer.commit(self.merge_table, 0, writes)
 
     @property
     def merge_db(self):
-        return self.merge_table.data._db_for_partition(0)
+        return partition_db(self.merge_table, 0)
 
-    def _merge_progress(self) -> dict:
-        raw = self.merge_db.get(b"progress")
-        return orjson.loads(raw) if raw else {"emitted_upto": -(2**62), "reported": {}}
-
-    async def _emit_complete(self, progress: dict, unsaved: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    async def _emit_complete(self, progress: MergeProgress, unsaved: dict[bytes, bytes | None]) -> dict:
         """Emit, in order, every pending boundary that every partition has reported past.
 
-        Returns the merge-table writes: emitted boundaries become empty values (a tombstone would do,
-        but tansu never compacts, and an empty value keeps the changelog replay simple).
+        Every record is acked by the broker before the step is marked emitted (the caller commits the
+        progress after this returns): a crash in between emits the step again, with the same record ids.
+        Returns the merge-table writes: emitted boundaries are deleted.
         """
-        reported = progress["reported"]
-        if len(reported) < self.config.partitions:
+        complete_upto = progress.complete_upto(self.config.partitions)
+        if complete_upto is None:
             return {}
-        complete_upto = min(reported.values())
         pending = {k: v for k, v in self.merge_db.items(from_key=b"pending:") if k.startswith(b"pending:") and v}
-        pending.update(unsaved)
-        writes: dict[bytes, bytes] = {}
+        pending.update({k: v for k, v in unsaved.items() if v})
+        writes: dict[bytes, bytes | None] = {}
         for key in sorted(pending):
             boundary = int(key[len(b"pending:"):])
             if boundary > complete_upto:
                 break
             candidates = [c for part in orjson.loads(pending[key]).values() for c in part]
             records = await self._explained_records(candidates, boundary)
-            for record in records:
-                await self.app.producer.send(
-                    self.config.topics.trending, str(boundary).encode(), orjson.dumps(record), None, None, None)
+            sends = [await self.app.producer.send(self.config.topics.trending, str(boundary).encode(),
+                                                  orjson.dumps(record), None, None, None) for record in records]
+            await asyncio.gather(*sends)
             self.counters.steps_scored += 1
             self.counters.trends_emitted += len(records)
-            writes[key] = b""
-            progress["emitted_upto"] = boundary
+            writes[key] = None
+            progress.emitted_upto = boundary
         return writes
 
     async def _explained_records(self, candidates: list[dict], boundary: int) -> list[dict]:
@@ -386,12 +426,15 @@ class Pipeline:
             log.info("step %d: %d of %d generated explanations failed the faithfulness check; templates published",
                      boundary, replaced, len(texts))
         model = {"name": scorer.name, "version": scorer.version, "sha256": scorer.sha256}
-        return trend_records(batch, forecast, chosen, texts, model, sources)
+        records = trend_records(batch, forecast, chosen, texts, model, sources)
+        for record in records:
+            record["record_id"] = record_id(record["window"], record["rank"], model)
+        return records
 
     def log_progress(self) -> None:
         log.info("trail: %s", orjson.dumps(self.counters.as_dict()).decode())
 
-    def write_status(self) -> None:
+    def write_status(self, failed: str | None = None) -> None:
         """The status file operators and benches read: counters, scorer, owned partitions (atomic replace)."""
         path = self.config.status_path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -400,5 +443,6 @@ class Pipeline:
                           if tp.topic == self.config.topics.clicks)
         tmp.write_bytes(orjson.dumps({**self.counters.as_dict(), "scorer": self.runtime.scorer.name,
                                       "scorer_fallbacks": self.runtime.fallbacks,
-                                      "assigned": assigned, "written_at": time.time()}))
+                                      "assigned": assigned, "written_at": time.time(),
+                                      **({"failed": failed} if failed else {})}))
         tmp.replace(path)

@@ -91,6 +91,7 @@ async def ingest_for(seconds: float, messages, spec: WindowSpec, db_dir: str) ->
             for key, value in update.writes.items():
                 write.put(key, value)
             db.write(write)
+            state.accept(update)
         events += routed.events
         await asyncio.sleep(0)
     db.close()

@@ -35,6 +35,7 @@ class WorkerConfig:
     batch_within_s: float = 0.25
     dedup_capacity: int = 1_000_000          # recent event ids remembered per worker (bounded memory)
     max_future_s: int = 86_400               # events this far beyond wall-clock time are rejected
+    source_idle_timeout_s: float = 10.0      # a source partition this quiet (wall clock) stops holding the watermark
     idle_flush_s: float = 0.0                # >0: after this long with no input, score what the max seen time allows
     scorer: str = "velocity"                 # "velocity" or a TRAIL bundle NAME|DIR
     step_budget_s: float = 5.0               # a model step slower than this falls back to the baseline

@@ -103,15 +103,67 @@ class DeltaRouter:
             columns.counts.append(count)
 
 
-def encode_deltas(source: int, watermark_ms: int, columns: DeltaColumns | None) -> bytes:
-    """One deltas message; `columns` None means a watermark-only message."""
-    body = {"src": source, "wm": watermark_ms}
-    if columns is not None:
-        body.update(o=columns.offsets, i=columns.items, s=columns.slots, c=columns.counts)
-    return orjson.dumps(body)
+class InvalidInternalMessage(ValueError):
+    """An internal-topic message that this code did not write (forged, corrupt, or from other code)."""
 
 
-def decode_deltas(value: bytes) -> tuple[int, int, DeltaColumns]:
-    body = orjson.loads(value)
+MAX_DELTAS_BYTES = 512 * 1024      # a deltas message is split at source offsets beyond this
+MAX_OFFSET = 2**53                 # Kafka offsets this large do not occur; a forged one must not skip input
+_ENTRY_OVERHEAD_BYTES = 40         # offset, slot, count and JSON punctuation of one entry, generously
+
+
+def encode_deltas(source: int, watermark_ms: int, columns: DeltaColumns | None) -> list[bytes]:
+    """Deltas messages for one (source, target): one, or several split at source-offset changes so each
+    stays near MAX_DELTAS_BYTES (entries of one source offset are never split: the applied offset guards
+    whole source messages). `columns` None means a watermark-only message."""
+    if columns is None or not columns.offsets:
+        return [orjson.dumps({"src": source, "wm": watermark_ms})]
+    messages, start, size = [], 0, 0
+    for k, item in enumerate(columns.items):
+        if size > MAX_DELTAS_BYTES and columns.offsets[k] != columns.offsets[k - 1]:
+            messages.append(_encode_part(source, watermark_ms, columns, start, k))
+            start, size = k, 0
+        size += len(item) * 2 + _ENTRY_OVERHEAD_BYTES
+    messages.append(_encode_part(source, watermark_ms, columns, start, len(columns.items)))
+    return messages
+
+
+def _encode_part(source: int, watermark_ms: int, columns: DeltaColumns, start: int, stop: int) -> bytes:
+    return orjson.dumps({"src": source, "wm": watermark_ms, "o": columns.offsets[start:stop],
+                         "i": columns.items[start:stop], "s": columns.slots[start:stop],
+                         "c": columns.counts[start:stop]})
+
+
+def decode_deltas(value: bytes | None, n_sources: int, max_ts_ms: int) -> tuple[int, int, DeltaColumns]:
+    """(source, watermark ms, entries) of a deltas message, checked entry by entry; InvalidInternalMessage
+    if anything is out of the range this code writes (a forged offset would make real input be skipped)."""
+    try:
+        body = orjson.loads(value or b"")
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInternalMessage(f"deltas message is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidInternalMessage("deltas message is not a JSON object")
+    source, watermark = body.get("src"), body.get("wm")
+    if type(source) is not int or not 0 <= source < n_sources:
+        raise InvalidInternalMessage(f"deltas source partition {source!r} is not in [0, {n_sources})")
+    if type(watermark) is not int or not -1 <= watermark <= max_ts_ms:
+        raise InvalidInternalMessage(f"deltas watermark {watermark!r} is not an event time up to {max_ts_ms}")
     columns = DeltaColumns(body.get("o", []), body.get("i", []), body.get("s", []), body.get("c", []))
-    return body["src"], body["wm"], columns
+    _check_columns(columns, max_ts_ms)
+    return source, watermark, columns
+
+
+def _check_columns(columns: DeltaColumns, max_ts_ms: int) -> None:
+    lists = (columns.offsets, columns.items, columns.slots, columns.counts)
+    if not all(isinstance(column, list) for column in lists) or len({len(column) for column in lists}) != 1:
+        raise InvalidInternalMessage("deltas columns o, i, s, c must be lists of one length")
+    if not all(type(o) is int and 0 <= o < MAX_OFFSET for o in columns.offsets):
+        raise InvalidInternalMessage(f"deltas offsets must be integers in [0, 2^53), got {columns.offsets[:5]!r}...")
+    if any(b < a for a, b in zip(columns.offsets, columns.offsets[1:], strict=False)):
+        raise InvalidInternalMessage("deltas offsets must not decrease")
+    if not all(type(i) is str and 0 < len(i) <= 256 for i in columns.items):
+        raise InvalidInternalMessage("deltas item ids must be strings of 1 to 256 characters")
+    if not all(type(s) is int and 0 <= s <= max_ts_ms for s in columns.slots):
+        raise InvalidInternalMessage("deltas slots must be non-negative integers not beyond the latest event time")
+    if not all(type(c) is int and 0 < c < 2**31 for c in columns.counts):
+        raise InvalidInternalMessage("deltas counts must be positive integers below 2^31")

@@ -1,14 +1,19 @@
 """Decoding and validating `clicks` messages (pure; no Kafka I/O here).
 
 A message value is one click event (a JSON object) or an envelope (a JSON array of events). Every event
-is checked against schemas/click-event.v1.json plus one rule a schema cannot express: event time may not
-run more than `max_future_s` ahead of the wall clock (a far-future timestamp would drag the watermark
-forward and make every later event late). Rejected events come back with a reason, never dropped.
+is checked against schemas/click-event.v1.json plus the rules a schema cannot express: `ts` is a JSON
+integer (not 1.0, not a number too large for 64 bits, which the parser turns into a float), not before
+2000-01-01, and not more than `max_future_s` ahead of the wall clock (a far-future timestamp would drag
+the watermark forward and make every later event late). Limits are explicit: a message over
+`MAX_MESSAGE_BYTES` is rejected "too large" unread, one nesting deeper than `MAX_NESTING_DEPTH` "too
+deep". Rejected events come back with a reason, never dropped, and nothing a message holds can make
+`decode_message` raise: every input message ends as events or rejections.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +23,10 @@ import orjson
 from schemas import CLICK_EVENT_V1, ValidationError, validator
 
 MAX_REASON_CHARS = 300
+MAX_MESSAGE_BYTES = 1_048_576          # Kafka's default max message size; bigger ones are not read
+MAX_NESTING_DEPTH = 32                 # arrays/objects inside one message, the envelope included
+MIN_TS_MS = 946_684_800_000            # 2000-01-01T00:00:00Z: older event times are a bug upstream
+MAX_DLQ_ORIGINAL_BYTES = 65_536        # a DLQ record keeps this much of the original, plus length and sha256
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,45 +42,78 @@ class Rejection:
     raw: bytes
     reason: str
     index: int | None    # position inside an envelope; None for a whole message
+    code: str = "schema"
 
 
 def decode_message(value: bytes | None, max_ts_ms: int) -> tuple[list[ClickEvent], list[Rejection]]:
     """Events and rejections of one message value; `max_ts_ms` is the latest acceptable event time."""
     if value is None:
-        return [], [Rejection(b"", "empty message (null value)", None)]
+        return [], [Rejection(b"", "empty message (null value)", None, "empty")]
+    if len(value) > MAX_MESSAGE_BYTES:
+        return [], [Rejection(value, f"too large: {len(value)} bytes, the limit is {MAX_MESSAGE_BYTES}", None,
+                              "too_large")]
     try:
         payload = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        return [], [Rejection(value, f"malformed JSON: {exc}"[:MAX_REASON_CHARS], None)]
+        code = "too_deep" if "depth limit" in str(exc) else "malformed"
+        reason = f"too deep: more than {MAX_NESTING_DEPTH} levels" if code == "too_deep" else f"malformed JSON: {exc}"
+        return [], [Rejection(value, reason[:MAX_REASON_CHARS], None, code)]
+    if too_deep(value, payload):
+        return [], [Rejection(value, f"too deep: more than {MAX_NESTING_DEPTH} levels of nesting", None, "too_deep")]
     if isinstance(payload, list):
-        events: list[ClickEvent] = []
-        rejections: list[Rejection] = []
-        for index, item in enumerate(payload):
-            event, reason = validate_event(item, max_ts_ms)
-            if event is None:
-                rejections.append(Rejection(orjson.dumps(item), reason, index))
-            else:
-                events.append(event)
-        return events, rejections
-    event, reason = validate_event(payload, max_ts_ms)
+        return decode_envelope(payload, max_ts_ms)
+    event, reason, code = validate_event(payload, max_ts_ms)
     if event is None:
-        return [], [Rejection(value, reason, None)]
+        return [], [Rejection(value, reason, None, code)]
     return [event], []
+
+
+def decode_envelope(payload: list, max_ts_ms: int) -> tuple[list[ClickEvent], list[Rejection]]:
+    events: list[ClickEvent] = []
+    rejections: list[Rejection] = []
+    for index, item in enumerate(payload):
+        event, reason, code = validate_event(item, max_ts_ms)
+        if event is None:
+            rejections.append(Rejection(orjson.dumps(item), reason, index, code))
+        else:
+            events.append(event)
+    return events, rejections
+
+
+def too_deep(value: bytes, payload: Any) -> bool:
+    """True if `payload` nests deeper than MAX_NESTING_DEPTH (walked only when the bytes allow it)."""
+    containers = value.count(b"[") + value.count(b"{")
+    flat_size = 1 + (len(payload) if isinstance(payload, list) else 0)
+    if containers <= flat_size:   # one array of flat objects at most: nothing to walk
+        return False
+    stack: list[tuple[Any, int]] = [(payload, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_NESTING_DEPTH:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 _validate_click = validator(CLICK_EVENT_V1)
 
 
-def validate_event(obj: Any, max_ts_ms: int) -> tuple[ClickEvent | None, str]:
-    """(event, "") for a valid click event v1, else (None, reason)."""
+def validate_event(obj: Any, max_ts_ms: int) -> tuple[ClickEvent | None, str, str]:
+    """(event, "", "") for a valid click event v1, else (None, reason, reason code)."""
     try:
         _validate_click(obj)
     except ValidationError as exc:
-        return None, f"schema click-event.v1: {exc.message}"[:MAX_REASON_CHARS]
+        return None, f"schema click-event.v1: {exc.message}"[:MAX_REASON_CHARS], "schema"
     ts_ms = obj["ts"]
+    if type(ts_ms) is not int:
+        return None, f"ts {ts_ms!r} is not an integer number of epoch milliseconds", "ts_not_integer"
+    if ts_ms < MIN_TS_MS:
+        return None, f"ts {ts_ms} is before 2000-01-01 ({MIN_TS_MS})", "ts_too_old"
     if ts_ms > max_ts_ms:
-        return None, f"ts {ts_ms} is more than the allowed skew ahead of wall-clock time ({max_ts_ms})"
-    return ClickEvent(obj["item_id"], ts_ms, obj.get("user_id"), obj.get("event_id")), ""
+        return None, f"ts {ts_ms} is more than the allowed skew ahead of wall-clock time ({max_ts_ms})", \
+            "ts_in_future"
+    return ClickEvent(obj["item_id"], ts_ms, obj.get("user_id"), obj.get("event_id")), "", ""
 
 
 def latest_acceptable_ts_ms(max_future_s: int, now_s: float | None = None) -> int:
@@ -79,10 +121,18 @@ def latest_acceptable_ts_ms(max_future_s: int, now_s: float | None = None) -> in
 
 
 def dlq_record(rejection: Rejection, topic: str, partition: int, offset: int) -> bytes:
-    """A DLQ record v1 (schemas/dlq-record.v1.json) as JSON bytes."""
+    """A DLQ record v1 (schemas/dlq-record.v1.json) as JSON bytes; always under ~90 KB.
+
+    The original is cut to MAX_DLQ_ORIGINAL_BYTES; its full length and sha256 identify it.
+    """
+    raw = rejection.raw
     return orjson.dumps({
-        "original": base64.b64encode(rejection.raw).decode(),
-        "reason": rejection.reason,
+        "original": base64.b64encode(raw[:MAX_DLQ_ORIGINAL_BYTES]).decode(),
+        "original_length": len(raw),
+        "original_sha256": hashlib.sha256(raw).hexdigest(),
+        "truncated": len(raw) > MAX_DLQ_ORIGINAL_BYTES,
+        "reason": rejection.reason[:MAX_REASON_CHARS] or "rejected",
+        "reason_code": rejection.code,
         "topic": topic,
         "partition": partition,
         "offset": offset,

@@ -6,14 +6,20 @@ Keys in the partition's RocksDB database (and its changelog):
   re-delivered deltas (after a crash, before the offset commit) are skipped, not counted twice;
 - ``m:wm:<source partition>`` -> that source's max event time, from which the watermark is derived;
 - ``m:next`` -> the next scoring boundary slot (every boundary before it has been scored).
-`PartitionState` computes what to write; the caller (`streams.app`) sends it to the changelog and the
-store. The watermark is the minimum over all source partitions of their max event time, less the
-allowed lateness, so it does not depend on how fast or in which interleaving a replay arrives.
-No Kafka I/O here.
+`PartitionState.apply_deltas` computes what to write without changing anything; the caller
+(`streams.app`) commits it (changelog group + local write, `streams.table_store`) and only then calls
+`accept`, so memory never runs ahead of what is stored.
+
+The watermark is the minimum over the *active* source partitions of their max event time, less the
+allowed lateness, so it does not depend on how fast or in which interleaving a replay arrives. A source
+that sent nothing for `idle_timeout_s` of wall-clock time stops holding the watermark back (Flink's
+`withIdleness`) and rejoins with its next message; what it then sends behind the watermark is counted
+and reported as late. No Kafka I/O here.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,14 +32,29 @@ RING_PREFIX = b"i:"
 APPLIED_PREFIX = b"m:applied:"
 WATERMARK_PREFIX = b"m:wm:"
 NEXT_BOUNDARY_KEY = b"m:next"
+MAX_BOUNDARIES_PER_CALL = 16     # catch-up is spread over calls so one call never blocks the event loop long
+FIRST_SIGHT_WINDOWS = 4          # a new partition state scores at most this many windows of history back
+
+
+class StateCorrupt(RuntimeError):
+    """A stored bookkeeping value is not one this code wrote."""
 
 
 @dataclass
 class StateUpdate:
+    """What one deltas message changes: the keys to write, and the in-memory changes `accept` makes."""
+
+    source: int
     writes: dict[bytes, bytes] = field(default_factory=dict)
     applied_events: int = 0
     skipped_entries: int = 0       # re-delivered input, already counted
-    late_events: int = 0           # counted, but their slot was already scored
+    late_events: int = 0           # counted, but their slot was already scored (or older than the window)
+    source_max_ts_ms: int | None = None
+    applied_offset: int | None = None
+    first_boundary: int | None = None
+    max_data_slot: int | None = None
+    hitter_items: list[str] = field(default_factory=list)
+    hitter_counts: np.ndarray | None = None
 
 
 @dataclass
@@ -46,47 +67,70 @@ class Snapshot:
     counts: np.ndarray
 
 
+def parse_stored_int(key: bytes, value: bytes) -> int:
+    """An integer exactly as this module stores it (ASCII decimal), else StateCorrupt saying what to do."""
+    text = value.decode("ascii", errors="replace")
+    if not text.lstrip("-").isdigit() or str(int(text)).encode() != value:
+        raise StateCorrupt(f"stored value of {key!r} is {value[:40]!r}, not an integer this worker wrote; "
+                           "the data dir was written by other code: move it away and let the worker rebuild "
+                           "from the changelog")
+    return int(text)
+
+
 class PartitionState:
-    def __init__(self, partition: int, db, spec: WindowSpec, n_sources: int, max_candidates: int = 10_000) -> None:
+    def __init__(self, partition: int, db, spec: WindowSpec, n_sources: int, max_candidates: int = 10_000,
+                 idle_timeout_s: float = 0.0, now_s: float | None = None) -> None:
         self.partition = partition
         self.db = db
         self.spec = spec
         self.n_sources = n_sources
+        self.idle_timeout_s = idle_timeout_s
+        self.created_at_s = time.monotonic() if now_s is None else now_s
         self.applied: dict[int, int] = {}
         self.source_max_ts_ms: dict[int, int] = {}
+        self.source_active_at_s: dict[int, float] = {}
         self.next_boundary: int | None = None     # next boundary to snapshot (in memory, runs ahead)
         self.committed_next: int | None = None    # next boundary not yet scored and committed
+        self.max_data_slot: int | None = None     # newest slot holding a count (empty windows after it)
         self.hitters = HeavyHitters(max_candidates)
         self._load_meta()
-        self._seed_hitters()
+        self._seed_from_rings()
+
+    def _stored_int(self, key: bytes) -> int | None:
+        value = self.db.get(key)
+        return None if value is None else parse_stored_int(key, value)
 
     def _load_meta(self) -> None:
         for source in range(self.n_sources):
-            applied = self.db.get(APPLIED_PREFIX + str(source).encode())
+            applied = self._stored_int(APPLIED_PREFIX + str(source).encode())
             if applied is not None:
-                self.applied[source] = int(applied)
-            watermark = self.db.get(WATERMARK_PREFIX + str(source).encode())
+                self.applied[source] = applied
+            watermark = self._stored_int(WATERMARK_PREFIX + str(source).encode())
             if watermark is not None:
-                self.source_max_ts_ms[source] = int(watermark)
-        next_boundary = self.db.get(NEXT_BOUNDARY_KEY)
-        self.next_boundary = int(next_boundary) if next_boundary is not None else None
-        self.committed_next = self.next_boundary
+                self.source_max_ts_ms[source] = watermark
+        self.next_boundary = self.committed_next = self._stored_int(NEXT_BOUNDARY_KEY)
 
-    def _seed_hitters(self) -> None:
+    def _seed_from_rings(self) -> None:
         """After a restart or rebalance, rebuild the candidate summary from the stored rings (one scan)."""
         for key, value in self.db.items(from_key=RING_PREFIX):
             if not key.startswith(RING_PREFIX):
                 break
             if value:
-                self.hitters.add([key[len(RING_PREFIX):].decode()], [int(decode_ring(value)["count"].sum())])
+                ring = decode_ring(value)
+                self.hitters.add([key[len(RING_PREFIX):].decode()], [int(ring["count"].sum())])
+                self._note_data_slot(int(ring["slot"].max()))
+
+    def _note_data_slot(self, slot: int) -> None:
+        if self.max_data_slot is None or slot > self.max_data_slot:
+            self.max_data_slot = slot
 
     # --- applying deltas -------------------------------------------------------------------------------
 
     def apply_deltas(self, source: int, watermark_ms: int, columns: DeltaColumns) -> StateUpdate:
-        """Add one deltas message to the rings; returns the keys to write (in-memory meta is updated)."""
-        update = StateUpdate()
+        """What adding one deltas message to the rings writes; nothing changes until `accept`."""
+        update = StateUpdate(source)
         if watermark_ms > self.source_max_ts_ms.get(source, -1):
-            self.source_max_ts_ms[source] = watermark_ms
+            update.source_max_ts_ms = watermark_ms
             update.writes[WATERMARK_PREFIX + str(source).encode()] = str(watermark_ms).encode()
         if not columns.offsets:
             return update
@@ -98,21 +142,48 @@ class PartitionState:
         items = np.asarray(columns.items, dtype=object)[fresh]
         slots = np.asarray(columns.slots, dtype=np.int64)[fresh]
         counts = np.asarray(columns.counts, dtype=np.int64)[fresh]
-        if self.next_boundary is None:
-            self.next_boundary = self.committed_next = int(slots.min()) + 1   # first boundary after the first data
-            update.writes[NEXT_BOUNDARY_KEY] = str(self.next_boundary).encode()
+        next_boundary = self.next_boundary
+        if next_boundary is None:
+            next_boundary = update.first_boundary = self.first_boundary(slots, watermark_ms)
+            update.writes[NEXT_BOUNDARY_KEY] = str(next_boundary).encode()
         update.applied_events = int(counts.sum())
-        update.late_events = int(counts[slots < self.next_boundary - 1].sum())
-        update.writes.update(self._merged_rings(items, slots, counts))
-        self.applied[source] = int(offsets.max())
-        update.writes[APPLIED_PREFIX + str(source).encode()] = str(self.applied[source]).encode()
+        update.late_events = int(counts[slots < next_boundary - 1].sum())
+        update.max_data_slot = int(slots.max())
+        update.writes.update(self._merged_rings(items, slots, counts, update))
+        update.applied_offset = int(offsets.max())
+        update.writes[APPLIED_PREFIX + str(source).encode()] = str(update.applied_offset).encode()
         return update
 
-    def _merged_rings(self, items: np.ndarray, slots: np.ndarray, counts: np.ndarray) -> dict[bytes, bytes]:
+    def first_boundary(self, slots: np.ndarray, watermark_ms: int) -> int:
+        """The first boundary: after the first data, but at most FIRST_SIGHT_WINDOWS windows behind the
+        newest event seen. A backfill of recent history is scored step by step; an event from years ago
+        does not make every slot since then due (it is counted, and reported as late)."""
+        newest_ms = max([watermark_ms, *self.source_max_ts_ms.values()])
+        horizon = FIRST_SIGHT_WINDOWS * self.spec.window_slots
+        return max(int(slots.min()) + 1, self.spec.watermark_slot(newest_ms) - horizon + 1)
+
+    def accept(self, update: StateUpdate, now_s: float | None = None) -> None:
+        """The update is committed: move the in-memory bookkeeping to match the store."""
+        self.source_active_at_s[update.source] = time.monotonic() if now_s is None else now_s
+        if update.source_max_ts_ms is not None:
+            self.source_max_ts_ms[update.source] = update.source_max_ts_ms
+        if update.applied_offset is not None:
+            self.applied[update.source] = update.applied_offset
+        if update.first_boundary is not None:
+            self.next_boundary = self.committed_next = update.first_boundary
+        if update.max_data_slot is not None:
+            self._note_data_slot(update.max_data_slot)
+        if update.hitter_counts is not None:
+            self.hitters.add(update.hitter_items, update.hitter_counts)
+
+    def _merged_rings(self, items: np.ndarray, slots: np.ndarray, counts: np.ndarray,
+                      update: StateUpdate) -> dict[bytes, bytes]:
         """New ring values of every touched item, merged for all items at once (no per-item numpy calls)."""
-        unique_items, inverse = np.unique(items.astype(str), return_inverse=True)
-        self.hitters.add(unique_items.tolist(), np.bincount(inverse, weights=counts, minlength=len(unique_items)))
-        keys = [RING_PREFIX + item.encode() for item in unique_items]
+        # object dtype: a fixed-width str array would strip trailing NULs and merge distinct ids
+        unique_items, inverse = np.unique(items, return_inverse=True)
+        update.hitter_items = unique_items.tolist()
+        update.hitter_counts = np.bincount(inverse, weights=counts, minlength=len(unique_items))
+        keys = [RING_PREFIX + item.encode() for item in update.hitter_items]
         old_values = [value or b"" for value in self.db.get(keys)]
         old = decode_ring(b"".join(old_values))
         old_lengths = np.fromiter(map(len, old_values), dtype=np.int64, count=len(keys)) // RING_DTYPE.itemsize
@@ -145,39 +216,75 @@ class PartitionState:
 
     # --- watermark and scoring -------------------------------------------------------------------------
 
-    def watermark_slot(self) -> int | None:
-        """Last boundary the watermark has crossed; None until every source partition reported."""
-        if len(self.source_max_ts_ms) < self.n_sources:
-            return None
-        return self.spec.watermark_slot(min(self.source_max_ts_ms.values()))
+    def active_sources(self, now_s: float | None = None) -> list[int] | None:
+        """Sources that hold the watermark back: all of them, or (with idleness) those heard from lately.
 
-    def reach_slot(self, idle: bool = False) -> int | None:
+        None while a source not yet heard from may still be about to report.
+        """
+        if self.idle_timeout_s <= 0:
+            return list(range(self.n_sources)) if len(self.source_max_ts_ms) >= self.n_sources else None
+        now_s = time.monotonic() if now_s is None else now_s
+        active, waiting = [], False
+        for source in range(self.n_sources):
+            heard_at = self.source_active_at_s.get(source, self.created_at_s)
+            if now_s - heard_at < self.idle_timeout_s:
+                if source in self.source_max_ts_ms:
+                    active.append(source)
+                else:
+                    waiting = True
+        return None if waiting else active
+
+    def watermark_slot(self, now_s: float | None = None) -> int | None:
+        """Last boundary the watermark has crossed; None until the sources that count have reported."""
+        sources = self.active_sources(now_s)
+        if not sources:
+            return None
+        return self.spec.watermark_slot(min(self.source_max_ts_ms[s] for s in sources))
+
+    def reach_slot(self, idle: bool = False, now_s: float | None = None) -> int | None:
         """Last boundary that may be scored. `idle`: the stream went quiet, close what the data reached."""
         if idle and self.source_max_ts_ms:
             return self.spec.slot_of(max(self.source_max_ts_ms.values()))
-        return self.watermark_slot()
+        return self.watermark_slot(now_s)
 
-    def due_boundaries(self, idle: bool = False) -> list[int]:
-        """Boundaries to score now, in order."""
-        upto = self.reach_slot(idle)
+    def due_boundaries(self, idle: bool = False, now_s: float | None = None,
+                       limit: int = MAX_BOUNDARIES_PER_CALL) -> list[int]:
+        """Boundaries to score now, in order, at most `limit` of them (the rest stay due)."""
+        upto = self.reach_slot(idle, now_s)
         if self.next_boundary is None or upto is None:
             return []
-        return list(range(self.next_boundary, upto + 1))
+        return list(range(self.next_boundary, min(upto, self.next_boundary + limit - 1) + 1))
+
+    def empty_until(self, upto: int) -> int | None:
+        """If every boundary from the next one up to `upto` reads an empty window, `upto`; else None.
+
+        A window is empty once its oldest slot is past the newest count, so after a long gap the
+        boundaries in between need no snapshot: one progress report covers them all.
+        """
+        if self.next_boundary is None or self.max_data_slot is None or upto < self.next_boundary:
+            return None
+        return upto if self.next_boundary - self.spec.window_slots > self.max_data_slot else None
 
     def advance(self, boundary: int) -> None:
         """The boundary's snapshot is taken: the next due boundary is the one after it."""
+        steps = boundary + 1 - (self.next_boundary or boundary)
         self.next_boundary = boundary + 1
         # weights halve over one bucket: the summary follows what the forecast window sees
-        self.hitters.decay(0.5 ** (1 / self.spec.slots_per_bucket))
+        self.hitters.decay(0.5 ** (min(steps, 4 * self.spec.slots_per_bucket) / self.spec.slots_per_bucket))
 
     def commit_scored(self, boundary: int) -> dict[bytes, bytes]:
         """The boundary's candidates are sent: the keys recording that it never needs scoring again."""
+        return {NEXT_BOUNDARY_KEY: str(max(self.committed_next or boundary + 1, boundary + 1)).encode()}
+
+    def accept_scored(self, boundary: int) -> None:
+        """`commit_scored`'s keys are stored."""
         self.committed_next = max(self.committed_next or boundary + 1, boundary + 1)
-        return {NEXT_BOUNDARY_KEY: str(self.committed_next).encode()}
 
     def mark_scored(self, boundary: int) -> dict[bytes, bytes]:
         self.advance(boundary)
-        return self.commit_scored(boundary)
+        writes = self.commit_scored(boundary)
+        self.accept_scored(boundary)
+        return writes
 
     def snapshot(self) -> Snapshot:
         """The rings of the candidate items (the heavy hitters), flattened for vectorised bucketing."""

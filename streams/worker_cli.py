@@ -68,6 +68,9 @@ def add_parser(subparsers) -> None:
                         help="if > 0, after this many seconds without input score up to the latest event")
     parser.add_argument("--max-future-s", type=int, default=86_400,
                         help="reject events whose time is this far beyond the wall clock")
+    parser.add_argument("--source-idle-timeout-s", type=float, default=WorkerConfig.source_idle_timeout_s,
+                        help="an input partition silent for this many wall-clock seconds stops holding back "
+                        "the watermark until it sends again (0: never; default %(default)s)")
     parser.add_argument("--embedded-broker-fix", choices=("auto", "on", "off"), default="auto",
                         help="tansu end-offset shim: auto = only against the embedded broker")
     parser.add_argument("--log-level", default="info")
@@ -80,7 +83,8 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         partitions=args.partitions, spec=window_spec_from_args(args), top_k=args.top_k,
         max_candidates=args.max_candidates,
         data_dir=args.data_dir, batch_max_messages=args.batch_max_messages, idle_flush_s=args.idle_flush_s,
-        max_future_s=args.max_future_s, scorer=args.scorer, step_budget_s=args.step_budget_s,
+        max_future_s=args.max_future_s, source_idle_timeout_s=args.source_idle_timeout_s,
+        scorer=args.scorer, step_budget_s=args.step_budget_s,
         embedded_broker_fix=args.embedded_broker_fix,
         worker_id=args.worker_id, log_level=args.log_level)
 

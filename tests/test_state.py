@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import orjson
 import rocksdict
 
 from streams.deltas import DeltaColumns, DeltaRouter, decode_deltas, encode_deltas
@@ -17,9 +18,11 @@ def open_db(path) -> rocksdict.Rdict:
 
 
 def apply(state: PartitionState, db, source: int, watermark: int, columns: DeltaColumns):
+    """What the worker does per deltas message: compute, store, then accept into memory."""
     update = state.apply_deltas(source, watermark, columns)
     for key, value in update.writes.items():
         db.put(key, value)
+    state.accept(update)
     return update
 
 
@@ -86,11 +89,11 @@ def test_state_reloads_its_bookkeeping_from_the_store(tmp_path):
 def test_watermark_waits_for_every_source_partition(tmp_path):
     db = open_db(tmp_path / "p0")
     state = PartitionState(0, db, SPEC, n_sources=2)
-    apply(state, db, 0, 50 * 60_000, DeltaColumns([0], ["a"], [3], [1]))
+    apply(state, db, 0, 12 * 60_000, DeltaColumns([0], ["a"], [3], [1]))
     assert state.due_boundaries() == []
-    assert state.due_boundaries(idle=True) == list(range(4, 51))
-    apply(state, db, 1, 20 * 60_000, DeltaColumns())
-    assert state.due_boundaries() == list(range(4, 20))
+    assert state.due_boundaries(idle=True) == list(range(4, 13))
+    apply(state, db, 1, 10 * 60_000, DeltaColumns())
+    assert state.due_boundaries() == list(range(4, 10))
 
 
 def test_late_events_are_counted_and_reported(tmp_path):
@@ -106,16 +109,19 @@ def test_late_events_are_counted_and_reported(tmp_path):
 
 def test_router_splits_envelopes_by_item_partition_and_drops_duplicate_ids():
     router = DeltaRouter(n_partitions=4, spec=SPEC, dedup_capacity=100)
-    envelope = b'[{"item_id":"a","ts":60000,"event_id":"e1"},{"item_id":"b","ts":60000},' \
-               b'{"item_id":"a","ts":61000,"event_id":"e1"},{"item_id":"a","ts":120000}]'
+    t0 = 1_700_000_040_000  # a minute boundary
+    envelope = orjson.dumps([{"item_id": "a", "ts": t0, "event_id": "e1"}, {"item_id": "b", "ts": t0},
+                             {"item_id": "a", "ts": t0 + 1000, "event_id": "e1"}, {"item_id": "a", "ts": t0 + 60_000}])
     batch = router.route([(2, 7, envelope), (2, 8, b"{oops")], max_ts_ms=10**15)
+    slot = t0 // 60_000
     assert batch.events == 3 and batch.duplicates == 1 and len(batch.rejections) == 1
     entries = {(item, slot): count for (src, _), cols in batch.deltas.items()
                for item, slot, count in zip(cols.items, cols.slots, cols.counts, strict=False)}
-    assert entries == {("a", 1): 1, ("b", 1): 1, ("a", 2): 1}
-    assert batch.watermarks == {2: 120000}
+    assert entries == {("a", slot): 1, ("b", slot): 1, ("a", slot + 1): 1}
+    assert batch.watermarks == {2: t0 + 60_000}
     (source, target), columns = next(iter(batch.deltas.items()))
-    assert decode_deltas(encode_deltas(source, 120000, columns))[2] == columns
+    [message] = encode_deltas(source, t0 + 60_000, columns)
+    assert decode_deltas(message, n_sources=4, max_ts_ms=10**15)[2] == columns
 
 
 def test_heavy_hitters_keep_the_heaviest_items_within_capacity():
