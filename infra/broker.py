@@ -28,6 +28,7 @@ from confluent_kafka import KafkaException
 
 from infra import procs
 from infra.admin import cluster_metadata
+from infra.files import write_atomic_private
 from infra.kafka_config import KafkaSettings
 from infra.s3_emulator import DEFAULT_BUCKET, S3Emulator, S3EmulatorError, aws_env
 
@@ -95,11 +96,9 @@ class BrokerState:
 
 
 def write_state(path: Path, state: BrokerState) -> None:
-    """Write the state file atomically (JSON)."""
+    """Write the state file atomically (JSON) under a private temporary name (`infra.files`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(asdict(state), indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic_private(path, (json.dumps(asdict(state), indent=2) + "\n").encode())
 
 
 def read_state(path: Path) -> BrokerState | None:
