@@ -1,5 +1,8 @@
 """`trail export`: a trained TRAIL model -> an ONNX bundle with a sha256 manifest (artifacts/bundles/NAME).
 
+It prints the manifest sha256 (sha256 of manifest.json's bytes), the value an operator pins with
+`trail worker --scorer-sha256` once they approve the bundle (see `export.bundle`).
+
 Only argument parsing and progress output here; the work is `export.onnx_export.export_bundle`. torch and
 onnxruntime are imported inside `run` so `trail --help` stays fast.
 """
@@ -17,7 +20,8 @@ def add_parser(subparsers) -> None:
         description="Export MODEL (a NAME under artifacts/models or a folder) to ONNX: a step graph with a "
         "key/value cache (prompt pass and decoding), a text graph (item text -> text vector, run once per item) "
         "and a forecast graph ([features, text vector] -> forecast), plus tokenizer, config, model card "
-        "and manifest.json with the sha256 of every file. Default output: artifacts/bundles/NAME[-int8].",
+        "and manifest.json with the sha256 of every file. Default output: artifacts/bundles/NAME[-int8]. "
+        "Prints the manifest sha256 to pin with `trail worker --scorer-sha256`.",
     )
     p.add_argument("model", metavar="MODEL", help="trained model: NAME under artifacts/models, or a folder")
     p.add_argument("--out", type=Path, default=None, help="bundle folder (default artifacts/bundles/NAME[-int8])")
@@ -29,6 +33,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from export.bundle import BUNDLES_DIR, manifest_sha256
     from export.onnx_export import export_bundle
 
     console = Console(stderr=True)
@@ -36,11 +41,14 @@ def run(args: argparse.Namespace) -> int:
         manifest = export_bundle(args.model, args.out.resolve() if args.out else None, int8=args.int8,
                                  on_stage=lambda name: status.update(f"export: {name}"))
     folder = args.out.resolve() if args.out else None
+    pin = manifest_sha256(folder or BUNDLES_DIR / manifest["name"])   # export_bundle's default folder
     sizes = ", ".join(f"{f} {manifest['files'][f]['bytes'] / 1e6:.1f} MB"
                       for f in (manifest["graph"]["step"], manifest["graph"]["text"], manifest["graph"]["forecast"]))
     console.print(f"exported {manifest['model']['name']} ({manifest['precision']}) to bundle {manifest['name']}"
                   f"{f' at {folder}' if folder else ''} in {manifest['export_s']} s: {sizes}; "
                   f"sha256 {manifest['sha256'][:12]}")
+    console.print(f"manifest sha256 {pin}\n  approve this bundle by pinning it: trail worker --scorer-sha256 {pin} "
+                  "(or TRAIL_SCORER_SHA256)", soft_wrap=True, highlight=False)
     if args.json:
-        print(json.dumps(manifest, indent=2))
+        print(json.dumps({**manifest, "manifest_sha256": pin}, indent=2))
     return 0

@@ -39,7 +39,7 @@ from export.bundle import (
     FORECAST_GRAPH,
     STEP_GRAPH,
     TEXT_GRAPH,
-    TOKENIZER_SUBDIR,
+    TOKENIZER_FILE,
     write_manifest,
 )
 from models.trail import TrailModel, left_pad, prompt_inputs
@@ -174,7 +174,7 @@ def export_bundle(model_name_or_path: str, out_dir: Path | None = None, int8: bo
 
     The default bundle folder is artifacts/bundles/<model folder name>[-int8].
     """
-    from models.trail_scorer import CARD_MD, load_trail_model
+    from models.trail_scorer import CARD_MD, TOKENIZER_SUBDIR, load_trail_model
 
     started = time.perf_counter()
     on_stage("load")
@@ -201,7 +201,7 @@ def export_bundle(model_name_or_path: str, out_dir: Path | None = None, int8: bo
             else:
                 shutil.move(staging / graph, out_dir / graph)
     on_stage("bundle")
-    shutil.copytree(model_dir / TOKENIZER_SUBDIR, out_dir / TOKENIZER_SUBDIR, dirs_exist_ok=True)
+    shutil.copy2(model_dir / TOKENIZER_SUBDIR / TOKENIZER_FILE, out_dir / TOKENIZER_FILE)   # flat: plain names only
     for file_name in (CONFIG_FILE, "model_card.json", CARD_MD):
         if (model_dir / file_name).exists():
             shutil.copy2(model_dir / file_name, out_dir / file_name)
@@ -212,7 +212,8 @@ def export_bundle(model_name_or_path: str, out_dir: Path | None = None, int8: bo
             "sha256"], "base": config.get("base"), "source_dir": str(model_dir)},
         "precision": "int8-dynamic" if int8 else "fp32",
         "graph": {**cache_geometry(model), "opset": OPSET, "step": STEP_GRAPH, "text": TEXT_GRAPH,
-                  "forecast": FORECAST_GRAPH, "inputs": list(STEP_INPUTS), "outputs": ["logits"],
+                  "forecast": FORECAST_GRAPH, "tokenizer": TOKENIZER_FILE, "inputs": list(STEP_INPUTS),
+                  "outputs": ["logits"],
                   "d_model": model.lm.config.hidden_size, "n_item_features": model.config.n_item_features},
         "trail_config": {k: v for k, v in config.items() if k != "llama"},
         "export_s": round(time.perf_counter() - started, 1),

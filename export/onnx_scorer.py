@@ -1,10 +1,10 @@
 """TRAIL from an ONNX bundle behind the `models.scoring.Scorer` interface, for the stream (no torch here).
 
-`load_bundle_scorer(NAME|DIR)` verifies the sha256 of every bundle file (`export.bundle.verify_bundle`)
-before any graph or tokenizer is read, opens ONNX Runtime sessions (`export.runtime`) and returns a
-`BundleScorer`: forecast() for every row through the text graph (items not seen before) and the forecast
-graph, explain() for a few rows through
-greedy decoding with the step graph. Prompts are built exactly as `models.trail_scorer.TrailScorer` builds
+`load_bundle_scorer(NAME|DIR)` reads every bundle file once and checks it (`export.bundle.verify_bundle`,
+optionally against a pinned manifest sha256), builds the ONNX Runtime sessions (`export.runtime`) and the
+tokenizer from those verified bytes (never re-reading the files), and returns a `BundleScorer`: forecast()
+for every row through the text graph (items not seen before) and the forecast graph, explain() for a few
+rows through greedy decoding with the step graph. Prompts are built exactly as `models.trail_scorer.TrailScorer` builds
 them (`export.prompts`). Importing this module must not import torch (tests/test_export.py checks it).
 """
 
@@ -12,21 +12,25 @@ from __future__ import annotations
 
 import numpy as np
 
-from export.bundle import TOKENIZER_SUBDIR, resolve_bundle_dir, verify_bundle
-from export.prompts import PromptTokens, load_tokenizer
+from export.bundle import VerifiedBundle, resolve_bundle_dir, verify_bundle
+from export.prompts import PromptTokens, tokenizer_from_bytes
 from export.runtime import TrailRuntime
 from models.features import FeatureBatch, numeric_features
 from models.rationales import evidence_text
 
 
 class BundleScorer:
-    """A TRAIL bundle as a `models.scoring.Scorer` (name, version, sha256 from the manifest)."""
+    """A TRAIL bundle as a `models.scoring.Scorer` (name, version, sha256 from the manifest).
+
+    `manifest_sha256` is the sha256 of the manifest's bytes, the value `--scorer-sha256` pins.
+    """
 
     def __init__(self, runtime: TrailRuntime, tokens: PromptTokens, manifest: dict,
-                 forecast_chunk: int = 256, explain_chunk: int = 64) -> None:
+                 forecast_chunk: int = 256, explain_chunk: int = 64, manifest_sha256: str = "") -> None:
         self.runtime = runtime
         self.tokens = tokens
         self.manifest = manifest
+        self.manifest_sha256 = manifest_sha256
         self.config = manifest["trail_config"]
         self.name = manifest["name"]
         self.version = manifest["version"]
@@ -85,15 +89,22 @@ class BundleScorer:
         return texts
 
 
+def scorer_from_verified(bundle: VerifiedBundle, providers: str = "auto", intra_op_threads: int = 0,
+                         spin: bool = False) -> BundleScorer:
+    """A Scorer built only from the verified bytes in `bundle` (the files on disk are not opened again)."""
+    config = bundle.manifest["trail_config"]
+    tokenizer = tokenizer_from_bytes(bundle.runtime_bytes("tokenizer"))
+    tokens = PromptTokens(tokenizer, config["bucket_s"], config["max_text_tokens"])
+    runtime = TrailRuntime.open(bundle, providers, intra_op_threads, spin)
+    return BundleScorer(runtime, tokens, bundle.manifest, manifest_sha256=bundle.manifest_sha256)
+
+
 def load_bundle_scorer(name_or_path: str, providers: str = "auto", intra_op_threads: int = 0,
-                       spin: bool = False) -> BundleScorer:
+                       spin: bool = False, expected_sha256: str | None = None) -> BundleScorer:
     """A verified bundle (NAME -> artifacts/bundles/NAME, or a folder) as a Scorer; providers auto|cpu|cuda.
 
     intra_op_threads: onnxruntime threads per session (0: one per core); spin: let idle threads busy-wait.
+    expected_sha256: the pinned manifest sha256; another bundle raises `export.bundle.BundlePinError`.
     """
-    folder = resolve_bundle_dir(name_or_path)
-    manifest = verify_bundle(folder)
-    config = manifest["trail_config"]
-    tokens = PromptTokens(load_tokenizer(folder / TOKENIZER_SUBDIR), config["bucket_s"], config["max_text_tokens"])
-    runtime = TrailRuntime.open(folder, manifest, providers, intra_op_threads, spin)
-    return BundleScorer(runtime, tokens, manifest)
+    bundle = verify_bundle(resolve_bundle_dir(name_or_path), expected_sha256)
+    return scorer_from_verified(bundle, providers, intra_op_threads, spin)

@@ -4,14 +4,12 @@ The item's numeric features come from `models.features.numeric_features` (torch-
 are numpy twins of torch helpers in `models.trail` (`numeric_prefix_inputs`, `left_pad`,
 `positions_from_mask`, `prompt_inputs`) and of `models.trail_scorer.PromptTokens`, which import torch at
 the top; tests/test_export.py checks that both give identical arrays and token ids. The tokenizer is the
-`tokenizers` library reading the bundle's tokenizer.json (byte-level BPE: transformers' decode does no
-extra clean-up for it, so decoding matches).
-No torch, no onnxruntime, no I/O besides reading tokenizer.json here.
+`tokenizers` library reading the bundle's tokenizer.json from verified bytes (byte-level BPE: transformers'
+decode does no extra clean-up for it, so decoding matches).
+No torch, no onnxruntime, no file I/O here.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 
@@ -60,14 +58,11 @@ def prompt_inputs(token_rows: list[list[int]], features: np.ndarray, n_prefix: i
     }
 
 
-def load_tokenizer(tokenizer_dir: Path):
-    """The bundle's tokenizer (`tokenizers.Tokenizer` from tokenizer.json); no transformers, no torch."""
+def tokenizer_from_bytes(data: bytes):
+    """A `tokenizers.Tokenizer` from the verified bytes of a tokenizer.json; no transformers, no torch."""
     from tokenizers import Tokenizer
 
-    path = Path(tokenizer_dir) / "tokenizer.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: the bundle is incomplete, export it again with `trail export`")
-    return Tokenizer.from_file(str(path))
+    return Tokenizer.from_buffer(data)
 
 
 class PromptTokens:

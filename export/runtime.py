@@ -10,8 +10,9 @@
 - `TrailRuntime.generate`: left-padded greedy decoding with the step graph and its key/value cache, at most
   `max_new_tokens` tokens, stopping when every row has written <|im_end|> (the same loop as
   `models.trail_scorer.TrailScorer.generate`).
-Inputs come from `export.prompts`. No torch here (the stream imports this); no bundle verification here
-(`export.bundle`).
+Inputs come from `export.prompts`. Sessions are built from graph bytes a caller has verified
+(`export.bundle.VerifiedBundle`), never from the bundle's paths, so a file swapped on disk after the check is
+never loaded. No torch here (the stream imports this); no bundle verification here (`export.bundle`).
 """
 
 from __future__ import annotations
@@ -20,11 +21,15 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from export.prompts import EOS_ID, left_pad, prompt_inputs
 from models.text_vectors import TextVectorCache, read_in_length_order
+
+if TYPE_CHECKING:
+    from export.bundle import VerifiedBundle
 
 log = logging.getLogger(__name__)
 
@@ -99,22 +104,28 @@ def preload_cuda_libraries() -> None:
             log.debug("onnxruntime.preload_dlls: %s", exc)
 
 
-def create_session(path: Path, providers: str = "auto", intra_op_threads: int = 0, spin: bool = False):
-    """(onnxruntime.InferenceSession, ProviderReport) for one graph; a CUDA request that fell back is logged."""
+def create_session(graph: Path | bytes, providers: str = "auto", intra_op_threads: int = 0, spin: bool = False,
+                   name: str = ""):
+    """(onnxruntime.InferenceSession, ProviderReport) for one graph; a CUDA request that fell back is logged.
+
+    `graph` is the model's bytes (as verified: what the serving path passes) or a path; `name` labels the log.
+    """
     import onnxruntime as ort
 
     wanted = provider_list(providers)
     if wanted[0] == CUDA:
         preload_cuda_libraries()
     options = session_options(intra_op_threads, spin)
-    session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
+    model = graph if isinstance(graph, bytes) else str(graph)
+    label = name or ("graph" if isinstance(graph, bytes) else Path(graph).name)
+    session = ort.InferenceSession(model, sess_options=options, providers=wanted)
     active = session.get_providers()[0]
     fell_back = wanted[0] == CUDA and active != CUDA
     reason = ""
     if fell_back:
         reason = (f"asked for {CUDA} ({providers}) but the session runs on {active}: no usable CUDA device or "
                   "CUDA/cuDNN libraries on this machine")
-        log.warning("%s: %s", Path(path).name, reason)
+        log.warning("%s: %s", label, reason)
     return session, ProviderReport(requested=providers, active=active, fell_back=fell_back, reason=reason)
 
 
@@ -151,14 +162,15 @@ class TrailRuntime:
         self.text_cache = TextVectorCache()
 
     @classmethod
-    def open(cls, folder: Path, manifest: dict, providers: str = "auto", intra_op_threads: int = 0,
+    def open(cls, bundle: VerifiedBundle, providers: str = "auto", intra_op_threads: int = 0,
              spin: bool = False) -> TrailRuntime:
-        """Sessions for a bundle folder whose hashes were already verified (`export.bundle.verify_bundle`)."""
-        g = manifest["graph"]
-        step, report = create_session(folder / g["step"], providers, intra_op_threads, spin)
-        text, _ = create_session(folder / g["text"], providers, intra_op_threads, spin)
-        forecast, _ = create_session(folder / g["forecast"], providers, intra_op_threads, spin)
-        return cls(step, text, forecast, Geometry.from_manifest(manifest, step), report)
+        """Sessions from the verified graph bytes of a bundle (`export.bundle.verify_bundle`), not from its files."""
+        sessions, reports = {}, {}
+        for key in ("step", "text", "forecast"):
+            sessions[key], reports[key] = create_session(bundle.runtime_bytes(key), providers, intra_op_threads,
+                                                         spin, name=bundle.manifest["graph"][key])
+        return cls(sessions["step"], sessions["text"], sessions["forecast"],
+                   Geometry.from_manifest(bundle.manifest, sessions["step"]), reports["step"])
 
     def read_texts(self, rows: list[list[int]], chunk: int = 256) -> np.ndarray:
         """Text vectors [n, d] of token rows ("<|im_start|> item text"), chunked by length (little padding)."""

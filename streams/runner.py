@@ -19,13 +19,15 @@ def run_worker(config: WorkerConfig) -> int:
     from streams.scorer_runtime import ScorerRuntime
     from streams.topics import ensure_worker_topics
 
+    # the scorer first: a bundle other than the pinned one stops the worker before it touches Kafka
+    runtime = ScorerRuntime(config.scorer, step_budget_s=config.step_budget_s, scorer_sha256=config.scorer_sha256)
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     ensure_worker_topics(config)
     (config.data_dir / config.worker_id).mkdir(parents=True, exist_ok=True)
     if should_apply_fix(config.kafka.bootstrap, config.embedded_broker_fix, config.kafka.extra):
         install_end_offset_fix()
         log.info("embedded broker detected: end-offset fix installed")
-    app = create_app(config, ScorerRuntime(config.scorer, step_budget_s=config.step_budget_s))
+    app = create_app(config, runtime)
 
     @app.task
     async def drop_default_monitor() -> None:

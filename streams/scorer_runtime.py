@@ -1,9 +1,13 @@
 """The worker's scorer: a TRAIL ONNX bundle (or the velocity baseline), run off the event loop, with a
-time budget per step, a fallback to the baseline, and hot swapping of a bundle whose files change.
+time budget per step, a fallback to the baseline, and hot swapping of a bundle whose manifest changes.
 
 Why here and not in the scorer: the stream must keep ingesting while a model runs (one worker thread
 runs ONNX Runtime, which releases the GIL), must never stop because a bundle is missing, corrupt or slow,
-and must say so in the log. No Kafka I/O and no window logic here.
+and must say so in the log. Hot reload reads, hashes and loads the new bundle in its own thread (the old
+scorer keeps scoring meanwhile) and swaps it in only if it passed; a refused bundle leaves the current scorer
+in place. With a pin (`scorer_sha256`, the manifest sha256 `trail export` prints) any other bundle is
+refused: at start by raising `export.bundle.BundlePinError` (the worker exits), on reload with an error in
+the log. No Kafka I/O and no window logic here.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from export.bundle import MANIFEST, resolve_bundle_dir
+from export.bundle import MANIFEST, BundlePinError, parse_sha256, resolve_bundle_dir
 from models.features import FeatureBatch
 from models.scoring import Scorer, VelocityScorer
 
@@ -23,11 +27,12 @@ log = logging.getLogger("trail.scorer")
 BASELINE_NAMES = ("velocity", "baseline")
 
 
-def load_bundle(name_or_path: str, intra_op_threads: int) -> Scorer:
-    """Load a TRAIL ONNX bundle (hashes verified by the loader); raises with the reason if unusable."""
+def load_bundle(name_or_path: str, intra_op_threads: int, expected_sha256: str | None = None) -> Scorer:
+    """Load a TRAIL ONNX bundle (hashes, and the pin if any, verified by the loader); raises if unusable."""
     from export.onnx_scorer import load_bundle_scorer
 
-    return load_bundle_scorer(name_or_path, providers="auto", intra_op_threads=intra_op_threads)
+    return load_bundle_scorer(name_or_path, providers="auto", intra_op_threads=intra_op_threads,
+                              expected_sha256=expected_sha256)
 
 
 def bundle_fingerprint(name_or_path: str) -> float | None:
@@ -40,52 +45,89 @@ def bundle_fingerprint(name_or_path: str) -> float | None:
 
 class ScorerRuntime:
     def __init__(self, scorer_name: str, step_budget_s: float = 5.0, reload_check_s: float = 5.0,
-                 intra_op_threads: int = 1) -> None:
+                 intra_op_threads: int = 1, scorer_sha256: str | None = None) -> None:
         # one ONNX thread by default: on a small box the other core keeps ingesting while a step runs
         self.scorer_name = scorer_name
         self.intra_op_threads = intra_op_threads
         self.step_budget_s = step_budget_s
         self.reload_check_s = reload_check_s
+        self.scorer_sha256 = parse_sha256(scorer_sha256) if scorer_sha256 else None
+        if self.scorer_sha256 and not self.uses_model:
+            raise ValueError(f"a bundle pin (--scorer-sha256) needs a TRAIL bundle as --scorer, got {scorer_name!r}; "
+                             "drop the pin or name the approved bundle")
         self.baseline: Scorer = VelocityScorer()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trail-scorer")
+        self.reload_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trail-reload")
         self.fallbacks = 0
         self.reloads = 0
-        self._fingerprint: float | None = None
+        self._fingerprint: float | None = bundle_fingerprint(scorer_name) if self.uses_model else None
         self._checked_at = 0.0
-        self.scorer: Scorer = self._load()
+        self._reload: asyncio.Future | None = None
+        self.scorer: Scorer = self._load_at_start()
 
     @property
     def uses_model(self) -> bool:
         return self.scorer_name not in BASELINE_NAMES
 
-    def _load(self) -> Scorer:
+    @property
+    def reloading(self) -> bool:
+        """Whether a changed bundle is being verified and loaded in the background."""
+        return self._reload is not None
+
+    def _load_bundle(self) -> Scorer:
+        """The bundle, verified (and checked against the pin): blocking, so reloads run it in a thread."""
+        scorer = load_bundle(self.scorer_name, self.intra_op_threads, self.scorer_sha256)
+        log.info("scoring with TRAIL bundle %s (version %s, sha256 %s, manifest sha256 %s%s)", scorer.name,
+                 scorer.version, scorer.sha256[:12], scorer.manifest_sha256, ", pinned" if self.scorer_sha256 else "")
+        return scorer
+
+    def _load_at_start(self) -> Scorer:
+        """The bundle, or the baseline if it is unusable; a bundle other than the pinned one raises."""
         if not self.uses_model:
             return self.baseline
-        self._fingerprint = bundle_fingerprint(self.scorer_name)
         try:
-            scorer = load_bundle(self.scorer_name, self.intra_op_threads)
+            return self._load_bundle()
+        except BundlePinError:
+            raise   # the operator approved another bundle: refuse to start rather than serve this one
         except Exception as exc:  # noqa: BLE001 - a bad bundle must never stop the stream
             log.error("TRAIL bundle %r is unusable (%s: %s); scoring with the %s baseline until it is fixed",
                       self.scorer_name, type(exc).__name__, exc, self.baseline.name)
             return self.baseline
-        log.info("scoring with TRAIL bundle %s (version %s, sha256 %s)", scorer.name, scorer.version,
-                 scorer.sha256[:12])
-        return scorer
 
-    def maybe_reload(self) -> None:
-        """Swap in a bundle whose manifest changed (or appeared) since the last look; cheap to call often."""
+    def _finish_reload(self, done: asyncio.Future) -> None:
+        """Swap in the reloaded scorer, or keep the current one and log why the new bundle was refused."""
+        try:
+            scorer = done.result()
+        except Exception as exc:  # noqa: BLE001 - includes BundlePinError: never stop the stream
+            log.error("changed TRAIL bundle %r refused (%s: %s); still scoring with %s", self.scorer_name,
+                      type(exc).__name__, exc, self.scorer.name)
+            return
+        self.scorer = scorer
+        self.reloads += 1
+
+    async def maybe_reload(self) -> None:
+        """Start loading a bundle whose manifest changed (or appeared) in a thread; swap it in once it passed.
+
+        Cheap to call often: a stat of the manifest every `reload_check_s`; the hashing and session building
+        run off the event loop, and the current scorer keeps scoring until the new one is ready.
+        """
+        if self._reload is not None:
+            if self._reload.done():
+                self._finish_reload(self._reload)
+                self._reload = None
+            return
         if not self.uses_model or time.monotonic() - self._checked_at < self.reload_check_s:
             return
         self._checked_at = time.monotonic()
         fingerprint = bundle_fingerprint(self.scorer_name)
         if fingerprint is not None and fingerprint != self._fingerprint:
+            self._fingerprint = fingerprint
             log.info("bundle %r changed on disk: reloading", self.scorer_name)
-            self.scorer = self._load()
-            self.reloads += 1
+            self._reload = asyncio.get_running_loop().run_in_executor(self.reload_executor, self._load_bundle)
 
     async def forecast(self, batch: FeatureBatch) -> tuple[np.ndarray, Scorer]:
         """Forecasts and the scorer that made them (the baseline if the model failed or ran over budget)."""
-        self.maybe_reload()
+        await self.maybe_reload()
         scorer = self.scorer
         if scorer is self.baseline or not len(batch):
             return self.baseline.forecast(batch), self.baseline

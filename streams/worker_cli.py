@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
+from export.bundle import PIN_ENV
 from infra.kafka_config import add_kafka_args, settings_from_args
 from streams.config import Topics, WorkerConfig
 from streams.windows import WindowSpec
@@ -41,6 +43,16 @@ def topics_from_args(args: argparse.Namespace) -> Topics:
                   trending=args.trending_topic)
 
 
+def scorer_pin(text: str) -> str:
+    """argparse type of --scorer-sha256: 64 hex digits."""
+    from export.bundle import parse_sha256
+
+    try:
+        return parse_sha256(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "worker", help="run a Faust worker: count clicks in windows, score, emit trends",
@@ -57,6 +69,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--scorer", default="velocity",
                         help="'velocity' (baseline) or a TRAIL ONNX bundle NAME|DIR (artifacts/bundles/NAME); "
                         "a missing/corrupt bundle falls back to the baseline and is reloaded when it changes")
+    parser.add_argument("--scorer-sha256", type=scorer_pin, default=os.environ.get(PIN_ENV) or None, metavar="HEX",
+                        help="pin the approved bundle: the sha256 of its manifest.json bytes, which `trail export` "
+                        "prints (the manifest lists every file's sha256). Any other bundle is refused: the worker "
+                        f"exits at start, and a hot reload keeps the current scorer (default: ${PIN_ENV})")
     parser.add_argument("--step-budget-s", type=float, default=5.0,
                         help="a model step slower than this is scored by the baseline instead")
     parser.add_argument("--data-dir", type=Path, default=Path("artifacts/worker"),
@@ -84,7 +100,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         max_candidates=args.max_candidates,
         data_dir=args.data_dir, batch_max_messages=args.batch_max_messages, idle_flush_s=args.idle_flush_s,
         max_future_s=args.max_future_s, source_idle_timeout_s=args.source_idle_timeout_s,
-        scorer=args.scorer, step_budget_s=args.step_budget_s,
+        scorer=args.scorer, scorer_sha256=args.scorer_sha256, step_budget_s=args.step_budget_s,
         embedded_broker_fix=args.embedded_broker_fix,
         worker_id=args.worker_id, log_level=args.log_level)
 

@@ -106,10 +106,10 @@ def test_bundle_scorer_is_a_scorer_named_by_its_manifest(onnx_scorer, bundle_dir
     assert (onnx_scorer.name, onnx_scorer.version, onnx_scorer.sha256) == (
         manifest["name"], manifest["version"], manifest["sha256"])
     assert set(manifest["files"]) >= {"step.onnx", "text.onnx", "forecast.onnx", "config.json",
-                                      "tokenizer/tokenizer.json", "model_card.json"}
+                                      "tokenizer.json", "model_card.json"}
 
 
-@pytest.mark.parametrize("tampered", ["step.onnx", "tokenizer/tokenizer.json"])
+@pytest.mark.parametrize("tampered", ["step.onnx", "tokenizer.json"])
 def test_tampered_bundle_is_refused_naming_the_file(bundle_dir, tmp_path, tampered):
     copy = tmp_path / "bundle"
     shutil.copytree(bundle_dir, copy)
