@@ -102,11 +102,12 @@ def render_step(records: list[dict]):
 
 def faithfulness(records: list[dict]) -> float | None:
     """Share of the published explanations that pass the faithfulness checker."""
-    from models.rationales import check_explanation
+    from models.faithfulness import check_explanation
 
     if not records:
         return None
-    ok = [check_explanation(r["explanation"], r["signals"], r["predicted_count"], r["signals"]["last_count"])[0]
+    ok = [check_explanation(r["explanation"], r["signals"], r["predicted_count"], r["signals"]["last_count"],
+                            r.get("title", ""))[0]
           for r in records]
     return sum(ok) / len(ok)
 
