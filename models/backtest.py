@@ -30,8 +30,8 @@ from streams.windows import WindowSpec, bucket_count_matrix, last_event_slot_mat
 USER_KS = (5, 10, 20)
 ITEM_K = 10
 EXPLAINED_PER_ORIGIN = 10
-# check_explanation(text, signals, forecast, last_count) -> (faithful, direction_consistent)
-ExplanationCheck = Callable[[str, dict[str, float], float, float], tuple[bool, bool]]
+# check_explanation(text, signals, forecast, last_count, item_text) -> (faithful, direction_consistent)
+ExplanationCheck = Callable[[str, dict[str, float], float, float, str], tuple[bool, bool]]
 
 
 # --- (item, slot) counts of a log, built once per log and slot size ---------------------------------------
@@ -201,7 +201,7 @@ def explanation_checks(
     texts = scorer.explain(batch, forecast, top)
     last_count = batch.signals["last_count"]
     return np.array(
-        [check(text, batch.signals_of(int(i)), float(forecast[i]), float(last_count[i]))
+        [check(text, batch.signals_of(int(i)), float(forecast[i]), float(last_count[i]), batch.texts[i])
          for text, i in zip(texts, top, strict=True)],
         dtype=bool,
     ).reshape(-1, 2)

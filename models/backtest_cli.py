@@ -50,7 +50,7 @@ def window_spec(args: argparse.Namespace, default: WindowSpec) -> WindowSpec:
 
 
 def load_model(name_or_path: str):
-    """(scorer, explanation check or None) from models.trail_scorer / models.rationales, imported lazily."""
+    """(scorer, explanation check or None) from models.trail_scorer / models.faithfulness, imported lazily."""
     try:
         from models.trail_scorer import load_trail_scorer
     except ModuleNotFoundError as exc:
@@ -60,11 +60,11 @@ def load_model(name_or_path: str):
                          "run without --model for the baselines") from None
     scorer = load_trail_scorer(name_or_path)
     try:
-        from models.rationales import check_explanation
+        from models.faithfulness import check_explanation
     except ModuleNotFoundError as exc:
-        if exc.name != "models.rationales":
+        if exc.name != "models.faithfulness":
             raise
-        print("trail backtest: models/rationales.py is missing; explanations are not checked", file=sys.stderr)
+        print("trail backtest: models/faithfulness.py is missing; explanations are not checked", file=sys.stderr)
         check_explanation = None
     return scorer, check_explanation
 

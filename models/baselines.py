@@ -29,7 +29,8 @@ class TemplateExplained:
     sha256 = ""
 
     def explain(self, batch: FeatureBatch, forecast: np.ndarray, index: np.ndarray) -> list[str]:
-        return [template_explanation(batch.signals_of(i), float(forecast[i]), batch.spec.bucket_s) for i in index]
+        return [template_explanation(batch.signals_of(i), float(forecast[i]), batch.spec.bucket_s, batch.texts[i])
+                for i in index]
 
 
 class MostPopScorer(TemplateExplained):

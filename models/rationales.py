@@ -1,154 +1,171 @@
-"""Grounded rationales for TRAIL: explanation targets built from trend signals, and the faithfulness checker.
+"""Grounded rationales for TRAIL: the evidence line and the explanation targets built from trend signals.
 
 There is no teacher LLM, so the explanations TRAIL learns to write are built here from the structured
-trend signals of `models.features` (direction, growth %, acceleration, the item's own last / previous /
-mean bucket counts) and a forecast, with several phrasings picked by a seeded choice. At inference the
-forecast is the model's own, written into an *evidence line* the generator reads after the forecast
-marker, so the words and the score agree (Zhang, Chen, Jing, Shen, "Following the TRAIL: Predicting and
-Explaining Tomorrow's Hits with a Fine-Tuned LLM", arXiv 2602.04225: explanations grounded in the trend
-signals, aligned with the forecast by contrastive learning on positive and negative pairs).
+trend signals of `models.features` (growth %, acceleration, the item's own last / previous / mean bucket
+counts) and a forecast, with several phrasings picked by a seeded choice. At inference the forecast is
+the model's own, written into an *evidence line* the generator reads after the forecast marker, so the
+words and the score agree (Zhang, Chen, Jing, Shen, "Following the TRAIL: Predicting and Explaining
+Tomorrow's Hits with a Fine-Tuned LLM", arXiv 2602.04225: explanations grounded in the trend signals,
+aligned with the forecast by contrastive learning on positive and negative pairs).
 
 The category (genre) trend is not used: it is not one of the published `signals` (trend v1), so the
-checker could not verify a sentence citing it.
+checker could not verify a sentence citing it. The item's own year and genres may be named (its
+descriptor, `models.wording.item_descriptor`): the checker rebuilds it from the catalogue text.
 
-Conventions the checker relies on:
-- the forecast direction is said with exactly one of the words ``rising``, ``falling``, ``steady``
-  (history is described with other words: up, down, gaining, losing, unchanged);
-- every number cited is a signal value or the forecast, formatted as `fmt_count` / `fmt_pct` / `fmt_signed` /
-  `fmt_real`; no other numbers (window length, titles) appear.
+Every template is a phrasing the strict checker (`models.faithfulness`) binds: each number in its role,
+each comparative true of the numbers, the trend phrase (`models.wording.trend_phrase`) true of the
+forecast and the last two buckets. So every template passes the checker by construction.
 
 No model code, no I/O here.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
-from models.scoring import direction_of
-
-DIRECTIONS = ("rising", "falling", "steady")
-RELATIVE_TOLERANCE = 0.05          # a cited number may differ from its signal by 5 %
-ABSOLUTE_TOLERANCE = 0.05 + 1e-9   # ... or by the rounding of one decimal place
-
-# a number, with an optional explicit sign and an optional percent sign; not part of a word or a decimal
-NUMBER_RE = re.compile(r"(?<![\w.])([-+]?)(\d+(?:\.\d+)?)(%?)")
-DIRECTION_RE = re.compile(r"\b(rising|falling|steady)\b", re.IGNORECASE)
-
-
-def period_word(bucket_s: int) -> str:
-    """The bucket as a word ('week', 'day', 'hour'); a generic word for other sizes (never a number)."""
-    return {7 * 86_400: "week", 86_400: "day", 3_600: "hour"}.get(bucket_s, "period")
+from models.wording import (
+    change_words,
+    direction_of,
+    fmt_count,
+    fmt_pct,
+    fmt_real,
+    fmt_signed,
+    item_descriptor,
+    period_word,
+    ratio_words,
+    trend_phrase,
+)
 
 
-def fmt_count(x: float) -> str:
-    return f"{x:.0f}" if float(x).is_integer() else f"{x:.1f}"
-
-
-def fmt_real(x: float) -> str:
-    return f"{x:.1f}"
-
-
-def fmt_signed(x: float) -> str:
-    return f"{x:+.0f}" if float(x).is_integer() else f"{x:+.1f}"
-
-
-def fmt_pct(x: float) -> str:
-    return f"{x:+.1f}%"
+def before_previous(signals: dict[str, float]) -> float:
+    """The count of the bucket before the previous one (velocity - acceleration = prev - prev2)."""
+    return round(signals["prev_count"] - signals["velocity"] + signals["acceleration"], 4)
 
 
 # --- the evidence line: what the generator reads after the forecast ------------------------------------------
 
 
 def evidence_text(signals: dict[str, float], forecast: float, bucket_s: int) -> str:
-    """The structured signals and the forecast as one line the explanation may copy numbers from."""
+    """The structured signals and the forecast as one line the explanation may copy numbers from, ending with
+    the trend phrase (forecast direction + recent shape) the explanation should state."""
     period = period_word(bucket_s)
-    direction = direction_of(forecast, signals["last_count"])
+    phrase = trend_phrase(forecast, signals["last_count"], signals["prev_count"])
     return (
         f"last {fmt_count(signals['last_count'])}; before {fmt_count(signals['prev_count'])}; "
+        f"before that {fmt_count(before_previous(signals))}; "
         f"change {fmt_pct(signals['growth_pct'])}; acceleration {fmt_signed(signals['acceleration'])}; "
-        f"average {fmt_real(signals['mean_count'])}; next {period} {fmt_real(forecast)}, {direction}."
+        f"average {fmt_real(signals['mean_count'])}; next {period} {fmt_real(forecast)}, {phrase}."
     )
 
 
-# --- rationale templates: a head (direction + forecast) and a body (the history that supports it) -------------
-
-Phrase = Callable[[dict[str, float], float, str], str | None]
+# --- rationale templates: a head (trend phrase + forecast) and a body (the history that supports it) --------
 
 
-def _head_expected(s: dict[str, float], f: float, p: str) -> str:
-    return f"{direction_of(f, s['last_count']).capitalize()}: about {fmt_real(f)} interactions expected next {p}."
+@dataclass(frozen=True)
+class Facts:
+    """What a template may say about one item: its signals, the forecast, the period word, the subject."""
+
+    signals: dict[str, float]
+    forecast: float
+    period: str
+    subject: str = "it"          # "it", or the item's descriptor ("this 1997 action thriller")
+
+    @property
+    def phrase(self) -> str:
+        return trend_phrase(self.forecast, self.signals["last_count"], self.signals["prev_count"])
 
 
-def _head_forecast(s: dict[str, float], f: float, p: str) -> str:
-    return f"Forecast for next {p}: {fmt_real(f)} interactions, {direction_of(f, s['last_count'])}."
+Phrase = Callable[[Facts], str | None]
 
 
-def _head_predicted(s: dict[str, float], f: float, p: str) -> str:
-    return f"Predicted {direction_of(f, s['last_count'])}, to around {fmt_real(f)} next {p}."
+def _head_expected(x: Facts) -> str:
+    return f"{x.phrase.capitalize()}: about {fmt_real(x.forecast)} interactions expected next {x.period}."
 
 
-HEADS: tuple[Phrase, ...] = (_head_expected, _head_forecast, _head_predicted)
+def _head_forecast(x: Facts) -> str:
+    return f"Forecast for next {x.period}: {fmt_real(x.forecast)} interactions, {x.phrase}."
 
 
-def _change(s: dict[str, float]) -> str:
-    last, prev = s["last_count"], s["prev_count"]
-    if last > prev:
-        return f"up from {fmt_count(prev)}"
-    if last < prev:
-        return f"down from {fmt_count(prev)}"
-    return "unchanged on the one before"
+def _head_with(x: Facts) -> str:
+    return f"{x.phrase.capitalize()}, with about {fmt_real(x.forecast)} expected next {x.period}."
 
 
-def _body_change(s: dict[str, float], f: float, p: str) -> str:
-    return f"It had {fmt_count(s['last_count'])} last {p}, {_change(s)}."
+HEADS: tuple[Phrase, ...] = (_head_expected, _head_forecast, _head_with)
 
 
-def _body_growth(s: dict[str, float], f: float, p: str) -> str | None:
-    if s["prev_count"] <= 0:
+def _body_change(x: Facts) -> str:
+    return (f"{x.subject[0].upper()}{x.subject[1:]} had {fmt_count(x.signals['last_count'])} interactions "
+            f"last {x.period}, {change_words(x.signals, x.period)}.")
+
+
+def _body_growth(x: Facts) -> str | None:
+    if x.signals["prev_count"] <= 0:
         return None
-    return (f"Last {p} brought {fmt_count(s['last_count'])} interactions, "
-            f"{fmt_pct(s['growth_pct'])} on the {p} before.")
+    return (f"Last {x.period} brought {fmt_count(x.signals['last_count'])} interactions, "
+            f"{fmt_pct(x.signals['growth_pct'])} on the {x.period} before.")
 
 
-def _body_average(s: dict[str, float], f: float, p: str) -> str:
-    last, mean = s["last_count"], s["mean_count"]
+def _body_average(x: Facts) -> str:
+    last, mean = x.signals["last_count"], x.signals["mean_count"]
     relation = "above" if last > mean else "below" if last < mean else "level with"
-    return f"Its {fmt_count(last)} interactions last {p} are {relation} its window average of {fmt_real(mean)}."
+    return (f"Its {fmt_count(last)} interactions last {x.period} are {relation} its window average "
+            f"of {fmt_real(mean)}.")
 
 
-def _body_momentum(s: dict[str, float], f: float, p: str) -> str | None:
-    acceleration = s["acceleration"]
+def _body_momentum(x: Facts) -> str | None:
+    acceleration = x.signals["acceleration"]
     if acceleration == 0:
         return None
     trend = "gaining" if acceleration > 0 else "losing"
     return (f"It is {trend} momentum (acceleration {fmt_signed(acceleration)}) "
-            f"after {fmt_count(s['last_count'])} last {p}.")
+            f"after {fmt_count(x.signals['last_count'])} interactions last {x.period}.")
 
 
-def _body_quiet(s: dict[str, float], f: float, p: str) -> str | None:
-    if s["last_count"] > 0:
+def _body_quiet(x: Facts) -> str | None:
+    if x.signals["last_count"] > 0:
         return None
-    return f"It had no interactions last {p}, against a window average of {fmt_real(s['mean_count'])}."
+    return f"It had no interactions last {x.period}, against a window average of {fmt_real(x.signals['mean_count'])}."
 
 
-BODIES: tuple[Phrase, ...] = (_body_change, _body_growth, _body_average, _body_momentum, _body_quiet)
-N_TEMPLATES = len(HEADS) * len(BODIES)
+def _body_three_buckets(x: Facts) -> str:
+    s = x.signals
+    return (f"{x.subject[0].upper()}{x.subject[1:]} went from {fmt_count(before_previous(s))} to "
+            f"{fmt_count(s['prev_count'])} to {fmt_count(s['last_count'])} interactions "
+            f"over the last three {x.period}s.")
 
 
-def rationale(signals: dict[str, float], forecast: float, bucket_s: int, template: int) -> str:
+def _body_ratio(x: Facts) -> str | None:
+    last, prev = x.signals["last_count"], x.signals["prev_count"]
+    words = ratio_words(last, prev)
+    if words is None:
+        return None
+    return (f"Its {fmt_count(last)} interactions last {x.period} are {words} the {fmt_count(prev)} "
+            f"of the {x.period} before.")
+
+
+BODIES: tuple[Phrase, ...] = (_body_change, _body_growth, _body_average, _body_momentum, _body_quiet,
+                              _body_three_buckets, _body_ratio)
+N_TEMPLATES = len(HEADS) * len(BODIES) * 2   # x2: the body's subject is "it" or the item's descriptor
+
+
+def rationale(signals: dict[str, float], forecast: float, bucket_s: int, template: int, item_text: str = "") -> str:
     """A grounded one-or-two-sentence explanation of `forecast`: template `template` (mod N_TEMPLATES).
 
     A body that does not apply to these signals (growth with no previous count, momentum with zero
-    acceleration, "no interactions" with some) falls through to the next one, so every call succeeds.
+    acceleration, "no interactions" with some, a ratio that is neither double nor half) falls through to
+    the next one, so every call succeeds. Half the templates name the item by its descriptor ("this 1997
+    action thriller") when `item_text` has a year or genres.
     """
-    period = period_word(bucket_s)
-    head = HEADS[template % len(HEADS)](signals, forecast, period)
+    wants_descriptor = (template // (len(HEADS) * len(BODIES))) % 2 == 1
+    subject = (item_descriptor(item_text) if wants_descriptor and item_text else None) or "it"
+    facts = Facts(signals, max(0.0, float(forecast)), period_word(bucket_s), subject)
+    head = HEADS[template % len(HEADS)](facts)
     first_body = (template // len(HEADS)) % len(BODIES)
     for step in range(len(BODIES)):
-        body = BODIES[(first_body + step) % len(BODIES)](signals, forecast, period)
+        body = BODIES[(first_body + step) % len(BODIES)](facts)
         if body is not None:
             return f"{body} {head}" if template % 2 else f"{head} {body}"
     return head
@@ -171,58 +188,6 @@ def wrong_forecasts(signals: dict[str, float], forecast: float) -> tuple[float, 
         flipped = last * 1.5 + 2.0 if direction != "rising" else 0.0
     wrong = last + 3.0 * (forecast - last) if direction != "steady" else last * 2.0 + 3.0
     return float(flipped), float(max(0.0, wrong))
-
-
-# --- the checker ------------------------------------------------------------------------------------------
-
-
-def cited_numbers(text: str) -> list[tuple[str, float, bool]]:
-    """(sign, |value|, is_percent) of every number in the text, in order."""
-    return [(sign, float(value), pct == "%") for sign, value, pct in NUMBER_RE.findall(text)]
-
-
-def stated_direction(text: str) -> str | None:
-    """The first of rising / falling / steady the text says (lower case), or None."""
-    found = DIRECTION_RE.search(text)
-    return found.group(1).lower() if found else None
-
-
-def _close(cited: float, value: float) -> bool:
-    return abs(cited - value) <= max(RELATIVE_TOLERANCE * abs(value), ABSOLUTE_TOLERANCE)
-
-
-def number_is_grounded(sign: str, value: float, is_percent: bool, signals: dict[str, float], forecast: float) -> bool:
-    """Whether one cited number matches a signal or the forecast within tolerance.
-
-    A percent must match growth_pct; a signed number (``+3``, ``-12.5%``) must match with its sign; an
-    unsigned one may match a value or its magnitude ("down 3" for a velocity of -3).
-    """
-    if is_percent and "growth_pct" in signals:
-        candidates = [signals["growth_pct"]]
-    else:
-        candidates = [*signals.values(), forecast]
-    if sign:
-        signed = -value if sign == "-" else value
-        return any(_close(signed, v) for v in candidates)
-    return any(_close(value, v) or _close(value, abs(v)) for v in candidates)
-
-
-def check_explanation(
-    text: str, signals: dict[str, float], forecast: float, last_count: float
-) -> tuple[bool, bool]:
-    """(faithful, direction_consistent) of one explanation.
-
-    direction_consistent: the first direction word (rising / falling / steady) equals
-    `models.scoring.direction_of(forecast, last_count)`; a text with no direction word is inconsistent.
-    faithful: direction consistent and every cited number matches a signal or the forecast within 5 %
-    (or 0.05 absolute, the rounding of one decimal).
-    """
-    direction_consistent = stated_direction(text) == direction_of(forecast, last_count)
-    numbers_ok = all(
-        number_is_grounded(sign, value, is_percent, signals, forecast)
-        for sign, value, is_percent in cited_numbers(text)
-    )
-    return bool(direction_consistent and numbers_ok), bool(direction_consistent)
 
 
 def template_choices(n: int, seed: int) -> np.ndarray:

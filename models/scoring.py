@@ -20,6 +20,18 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 
 from models.features import FeatureBatch
+from models.wording import (
+    change_words,
+    direction_of,
+    fmt_count,
+    fmt_pct,
+    fmt_real,
+    item_descriptor,
+    period_word,
+    trend_phrase,
+)
+
+__all__ = ["FittableScorer", "Scorer", "VelocityScorer", "direction_of", "template_explanation"]
 
 if TYPE_CHECKING:  # typing only: the stream imports this module and never needs the dataset loaders
     from models.datasets import EventLog
@@ -50,28 +62,19 @@ class FittableScorer(Scorer, Protocol):
         ...
 
 
-def direction_of(forecast: float, last_count: float, tolerance: float = 0.05) -> str:
-    """'rising', 'falling' or 'steady': the forecast against the last bucket, with a relative tolerance."""
-    if forecast > last_count * (1 + tolerance) and forecast - last_count >= 0.5:
-        return "rising"
-    if forecast < last_count * (1 - tolerance) and last_count - forecast >= 0.5:
-        return "falling"
-    return "steady"
-
-
-def template_explanation(signals: dict[str, float], forecast: float, bucket_s: int) -> str:
-    """A grounded sentence from the signals, agreeing with the forecast's direction."""
-    period = "week" if bucket_s == 7 * 86_400 else "day" if bucket_s == 86_400 else f"{bucket_s}s period"
+def template_explanation(signals: dict[str, float], forecast: float, bucket_s: int, item_text: str = "") -> str:
+    """A grounded sentence from the signals: the trend phrase (forecast direction + recent shape), the last
+    bucket against the one before, the forecast; the item's descriptor as subject when its text has one.
+    Every part is a phrasing `models.faithfulness` binds, so it passes the checker by construction."""
+    period = period_word(bucket_s)
     last, prev = signals["last_count"], signals["prev_count"]
-    direction = direction_of(forecast, last)
-    change = f"{signals['growth_pct']:+.1f}%"
-    if direction == "rising":
-        head = f"Rising: {last:g} interactions in the last {period} ({change} on the {period} before, {prev:g})"
-    elif direction == "falling":
-        head = f"Falling: {last:g} interactions in the last {period} ({change} on the {period} before, {prev:g})"
-    else:
-        head = f"Steady: {last:g} interactions in the last {period}, against {prev:g} the {period} before"
-    return f"{head}; expected about {forecast:.1f} next {period}."
+    forecast = max(0.0, float(forecast))
+    change = change_words(signals, period)
+    if prev > 0 and last != prev:
+        change += f", {fmt_pct(signals['growth_pct'])}"
+    subject = (item_descriptor(item_text) if item_text else None) or "it"
+    return (f"{trend_phrase(forecast, last, prev).capitalize()}: {subject} had {fmt_count(last)} interactions "
+            f"in the last {period} ({change}); expected about {fmt_real(forecast)} next {period}.")
 
 
 class VelocityScorer:
@@ -86,4 +89,5 @@ class VelocityScorer:
         return np.maximum(0.0, s["last_count"] + s["velocity"] + 0.5 * s["acceleration"])
 
     def explain(self, batch: FeatureBatch, forecast: np.ndarray, index: np.ndarray) -> list[str]:
-        return [template_explanation(batch.signals_of(i), float(forecast[i]), batch.spec.bucket_s) for i in index]
+        return [template_explanation(batch.signals_of(i), float(forecast[i]), batch.spec.bucket_s, batch.texts[i])
+                for i in index]

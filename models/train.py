@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.faithfulness import check_explanation
 from models.features import SIGNAL_NAMES
-from models.rationales import N_TEMPLATES, check_explanation, evidence_text, rationale, wrong_forecasts
+from models.rationales import N_TEMPLATES, evidence_text, rationale, wrong_forecasts
 from models.trail import (
     EOS_ID,
     TrailConfig,
@@ -47,6 +48,7 @@ from models.trail import (
     positions_from_mask,
 )
 from models.trail_scorer import MODELS_DIR, PromptTokens, TrailScorer, save_trail_model
+from models.wording import TREND_PHRASES
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -196,11 +198,11 @@ class StepBuilder:
     def rationales(self, data: Examples, rows: np.ndarray, forecasts: np.ndarray, templates: np.ndarray):
         """(evidence lines, positive rationales, hard-negative rationales [2 per row]) of `rows`."""
         lines, positives, hard = [], [], []
-        for row, f, t in zip(rows, forecasts, templates, strict=True):
+        for row, text, f, t in zip(rows, data.texts_of(rows), forecasts, templates, strict=True):
             s = data.signals_of(int(row))
             lines.append(evidence_text(s, float(f), self.config.bucket_s))
-            positives.append(rationale(s, float(f), self.config.bucket_s, int(t)))
-            hard += [rationale(s, w, self.config.bucket_s, int(t)) for w in wrong_forecasts(s, float(f))]
+            positives.append(rationale(s, float(f), self.config.bucket_s, int(t), text))
+            hard += [rationale(s, w, self.config.bucket_s, int(t), text) for w in wrong_forecasts(s, float(f))]
         return lines, positives, hard
 
     def explanation_batch(self, prompts: list[list[int]], lines: list[str], targets: list[str],
@@ -230,10 +232,13 @@ class StepBuilder:
 
 
 def grounding_token_ids(tokenizer) -> frozenset[int]:
-    """Ids of the tokens that carry grounding: any digit, sign or percent, and the direction words' pieces."""
+    """Ids of the tokens that carry grounding: any digit, sign or percent, and the pieces of the trend phrases'
+    and comparatives' words (what the checker verifies)."""
     pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     ids = {i for i, piece in enumerate(pieces) if piece and any(c.isdigit() or c in "+-%" for c in piece)}
-    for word in ("Rising", "rising", "Falling", "falling", "Steady", "steady"):
+    words = {w for phrase in TREND_PHRASES for w in phrase.split() if w not in ("a", "after")}
+    words |= {"up", "down", "above", "below", "double", "half", "gaining", "losing"}
+    for word in sorted(words | {w.capitalize() for w in words}):
         for text in (word, f" {word}"):
             ids.update(tokenizer.encode(text, add_special_tokens=False))
     return frozenset(ids)
@@ -353,8 +358,9 @@ def validate(scorer: TrailScorer, val: Examples, cfg: TrainConfig, bucket_s: int
     for start in range(0, len(explained), scorer.explain_chunk):
         texts += scorer.generate(rows_tokens[start:start + scorer.explain_chunk],
                                  features[start:start + scorer.explain_chunk])
-    for i, text in zip(explained, texts, strict=True):
-        checks.append(check_explanation(text, sample.signals_of(int(i)), float(forecast[i]), float(last[i])))
+    for i, item_text, text in zip(explained, sample.texts_of(explained), texts, strict=True):
+        checks.append(check_explanation(text, sample.signals_of(int(i)), float(forecast[i]), float(last[i]),
+                                        item_text))
         if len(examples) < 5:
             examples.append({"text": text, "forecast": round(float(forecast[i]), 2),
                              "last_count": float(last[i]), "truth": float(truth[i])})

@@ -105,11 +105,12 @@ def render_step(records: list[dict]):
 
 def faithfulness(records: list[dict]) -> float | None:
     """Share of the published explanations that pass the faithfulness checker."""
-    from models.rationales import check_explanation
+    from models.faithfulness import check_explanation
 
     if not records:
         return None
-    ok = [check_explanation(r["explanation"], r["signals"], r["predicted_count"], r["signals"]["last_count"])[0]
+    ok = [check_explanation(r["explanation"], r["signals"], r["predicted_count"], r["signals"]["last_count"],
+                            r.get("title", ""))[0]
           for r in records]
     return sum(ok) / len(ok)
 
@@ -127,6 +128,12 @@ def model_faithfulness(status: dict, records: list[dict]) -> float | None:
     return faithfulness(records)
 
 
+def markdown_cell(value: object) -> str:
+    """A value as one Markdown table cell: pipes escaped (an item text "Title | genres" would split the
+    column) and line breaks flattened (they would end the row)."""
+    return " ".join(str(value).split()).replace("|", "\\|")
+
+
 def write_outputs(out: Path, records: list[dict], summary: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "trends.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
@@ -136,10 +143,10 @@ def write_outputs(out: Path, records: list[dict], summary: dict) -> None:
     lines = ["# TRAIL demo report", "", "MovieLens-100K replayed through Kafka "
              f"(32 weeks in {summary['replay_s']} s), scored by `{summary['model']}`.", "",
              "| key | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in summary.items()]
+    lines += [f"| {markdown_cell(k)} | {markdown_cell(v)} |" for k, v in summary.items()]
     lines += ["", "## Last step", "", "| # | item | forecast | why |", "|---|---|---|---|"]
-    lines += [f"| {r['rank']} | {r.get('title') or r['item_id']} | {r['predicted_count']:.1f} | {r['explanation']} |"
-              for r in last]
+    lines += [f"| {r['rank']} | {markdown_cell(r.get('title') or r['item_id'])} | {r['predicted_count']:.1f} "
+              f"| {markdown_cell(r['explanation'])} |" for r in last]
     lines += ["", "Data: F. Maxwell Harper and Joseph A. Konstan. 2015. The MovieLens Datasets: History and "
               "Context. ACM TiiS 5, 4, Article 19."]
     (out / "REPORT.md").write_text("\n".join(lines) + "\n")

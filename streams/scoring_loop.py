@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from models.faithfulness import check_explanation
 from models.features import FeatureBatch
-from models.rationales import check_explanation
 from models.scoring import Scorer
 from streams.state import Snapshot
 from streams.windows import WindowSpec, bucket_count_matrix, last_event_slot_matrix
@@ -83,7 +83,7 @@ def grounded_explanations(batch: FeatureBatch, forecast: np.ndarray, chosen: np.
         return list(explanations), ["template"] * len(explanations)
     failing = [j for j, (i, text) in enumerate(zip(chosen, explanations, strict=True))
                if not check_explanation(text, batch.signals_of(int(i)), float(forecast[i]),
-                                        float(batch.signals["last_count"][i]))[0]]
+                                        float(batch.signals["last_count"][i]), batch.texts[i])[0]]
     texts, sources = list(explanations), ["model"] * len(explanations)
     if failing:
         replacements = template.explain(batch, forecast, np.asarray(chosen)[failing])

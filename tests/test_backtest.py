@@ -173,12 +173,12 @@ def test_cli_model_is_backtested_and_its_explanations_checked(tmp_path, capsys, 
     loaded = []
     scorer_module = types.ModuleType("models.trail_scorer")
     scorer_module.load_trail_scorer = lambda name_or_path: loaded.append(name_or_path) or FakeTrail()
-    rationale_module = types.ModuleType("models.rationales")
+    checker_module = types.ModuleType("models.faithfulness")
     # faithful when the text cites the last count; consistent when it states "Rising" for a rise
-    rationale_module.check_explanation = lambda text, signals, forecast, last: (
+    checker_module.check_explanation = lambda text, signals, forecast, last, item_text="": (
         f"{signals['last_count']:g} interactions" in text, text.startswith("Rising") == (forecast > last * 1.05))
     monkeypatch.setitem(sys.modules, "models.trail_scorer", scorer_module)
-    monkeypatch.setitem(sys.modules, "models.rationales", rationale_module)
+    monkeypatch.setitem(sys.modules, "models.faithfulness", checker_module)
     events = tmp_path / "events.jsonl"
     write_jsonl(random_log(seed=3), events)
     assert main(["backtest", "--dataset", str(events), "--model", "tiny", "--json", "--origins", "2",

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from models.faithfulness import check_explanation
 from models.features import FeatureBatch
-from models.rationales import check_explanation, rationale
+from models.rationales import rationale
 from models.scoring import VelocityScorer
 from streams.scoring_loop import grounded_explanations, trend_records
 from streams.windows import WindowSpec

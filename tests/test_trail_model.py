@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from models.faithfulness import check_explanation
 from models.features import FeatureBatch
-from models.rationales import N_TEMPLATES, check_explanation, evidence_text, rationale, wrong_forecasts
+from models.rationales import N_TEMPLATES, evidence_text, rationale, wrong_forecasts
 from models.scoring import template_explanation
 from streams.windows import WindowSpec
 

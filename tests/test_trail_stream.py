@@ -51,13 +51,13 @@ def wait_for_end(replay: Replay, end_ms: int, timeout_s: float = 240) -> list[di
 
 def assert_published_explanations_are_faithful(records: list[dict]) -> None:
     """Every record validates; every explanation passes the checker and states the forecast's direction."""
-    from models.rationales import check_explanation
+    from models.faithfulness import check_explanation
 
     check = validator(TREND_V1)
     for r in records:
         check(r)
         faithful, consistent = check_explanation(r["explanation"], r["signals"], r["predicted_count"],
-                                                 r["signals"]["last_count"])
+                                                 r["signals"]["last_count"], r.get("title", ""))
         assert faithful and consistent, r
         assert r["explanation_source"] in ("model", "template")
 
