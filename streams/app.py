@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import faust
 import orjson
 
+from infra.files import write_atomic_private
 from models.features import FeatureBatch
 from streams.catalogue import catalogue_text, validate_catalogue_record
 from streams.config import WorkerConfig
@@ -438,11 +439,8 @@ class Pipeline:
         """The status file operators and benches read: counters, scorer, owned partitions (atomic replace)."""
         path = self.config.status_path
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
         assigned = sorted(tp.partition for tp in self.app.consumer.assignment()
                           if tp.topic == self.config.topics.clicks)
-        tmp.write_bytes(orjson.dumps({**self.counters.as_dict(), "scorer": self.runtime.scorer.name,
-                                      "scorer_fallbacks": self.runtime.fallbacks,
-                                      "assigned": assigned, "written_at": time.time(),
-                                      **({"failed": failed} if failed else {})}))
-        tmp.replace(path)
+        write_atomic_private(path, orjson.dumps({
+            **self.counters.as_dict(), "scorer": self.runtime.scorer.name, "scorer_fallbacks": self.runtime.fallbacks,
+            "assigned": assigned, "written_at": time.time(), **({"failed": failed} if failed else {})}), mode=0o644)

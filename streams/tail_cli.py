@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 
 import orjson
 
@@ -20,6 +22,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON record per line on stdout")
     parser.add_argument("--max-records", type=int, default=0, help="stop after this many (0: never)")
     parser.add_argument("--idle-exit-s", type=float, default=0.0, help="stop after this long without records")
+    parser.add_argument("--dedupe", action="store_true",
+                        help="show each record once: a step re-emitted after a worker crash carries the same "
+                        "record_id (the newest 1,000,000 ids are remembered)")
     parser.set_defaults(func=run)
 
 
@@ -50,9 +55,25 @@ def read_records(settings, topic: str, from_beginning: bool, max_records: int = 
         consumer.close()
 
 
+def first_sightings(records: Iterable[dict], capacity: int = 1_000_000) -> Iterator[dict]:
+    """Records whose `record_id` was not seen among the last `capacity` ids (records without one pass)."""
+    seen: OrderedDict[str, None] = OrderedDict()
+    for record in records:
+        record_id = record.get("record_id")
+        if record_id is not None:
+            if record_id in seen:
+                continue
+            seen[record_id] = None
+            if len(seen) > capacity:
+                seen.popitem(last=False)
+        yield record
+
+
 def run(args: argparse.Namespace) -> int:
     records = read_records(settings_from_args(args), args.topic, args.from_beginning, args.max_records,
                            args.idle_exit_s)
+    if args.dedupe:
+        records = first_sightings(records)
     if args.json:
         for record in records:
             sys.stdout.write(orjson.dumps(record).decode() + "\n")
