@@ -198,7 +198,7 @@ class Pipeline:
     async def ingest(self, messages: list[tuple[int, int, bytes | None]]) -> None:
         if not self.counters.first_input_at:
             self.counters.first_input_at = time.time()
-        batch = self.router.route(messages, latest_acceptable_ts_ms(self.config.max_future_s))
+        batch = self.router.route(messages, latest_acceptable_ts_ms(self.config.max_future_s), self.config.min_ts_ms)
         producer = self.app.producer
         sends = []
         for source, offset, rejection in batch.rejections:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.kafka_config import KafkaSettings
+from streams.events import MIN_TS_MS
 from streams.windows import WindowSpec
 
 
@@ -34,6 +35,7 @@ class WorkerConfig:
     batch_max_messages: int = 5000
     batch_within_s: float = 0.25
     dedup_capacity: int = 1_000_000          # recent event ids remembered per worker (bounded memory)
+    min_ts_ms: int = MIN_TS_MS               # earlier event times are rejected (2000-01-01)
     max_future_s: int = 86_400               # events this far beyond wall-clock time are rejected
     source_idle_timeout_s: float = 10.0      # a source partition this quiet (wall clock) stops holding the watermark
     idle_flush_s: float = 0.0                # >0: after this long with no input, score what the max seen time allows

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from streams.events import ClickEvent, Rejection, decode_message
+from streams.events import MIN_TS_MS, ClickEvent, Rejection, decode_message
 from streams.partitioning import PartitionCache
 from streams.windows import WindowSpec
 
@@ -67,12 +67,13 @@ class DeltaRouter:
         self.recent_ids = RecentIds(dedup_capacity)
         self.max_ts_ms: dict[int, int] = {}
 
-    def route(self, messages: list[tuple[int, int, bytes | None]], max_ts_ms: int) -> RoutedBatch:
+    def route(self, messages: list[tuple[int, int, bytes | None]], max_ts_ms: int,
+              min_ts_ms: int = MIN_TS_MS) -> RoutedBatch:
         """Aggregate messages (source partition, offset, value) into routed deltas."""
         deltas: dict[tuple[int, int], DeltaColumns] = defaultdict(DeltaColumns)
         batch = RoutedBatch(deltas=deltas, watermarks={}, rejections=[])
         for source, offset, value in messages:
-            events, rejections = decode_message(value, max_ts_ms)
+            events, rejections = decode_message(value, max_ts_ms, min_ts_ms)
             for rejection in rejections:
                 batch.rejections.append((source, offset, rejection))
             fresh = self._drop_duplicates(events)

@@ -166,7 +166,9 @@ def run(args: argparse.Namespace) -> int:
     topics = {"clicks": "clicks", "items": "items", "dlq": "clicks-dlq", "trending": "trending-items"}
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory(prefix="trail-demo-") as data_dir:
         say(args, f"embedded broker on {broker.bootstrap}; starting a worker scoring with {scorer}...")
-        worker = WorkerProcess(["--bootstrap", broker.bootstrap, "--scorer", scorer, "--top-k", str(args.top_k),
+        # ml-100k is from 1997-98, before the default earliest event time (2000-01-01)
+        worker = WorkerProcess(["--bootstrap", broker.bootstrap, "--min-event-time", "1990-01-01",
+                                "--scorer", scorer, "--top-k", str(args.top_k),
                                 "--idle-flush-s", "3", "--slot-s", "86400", "--bucket-s", "604800",
                                 "--n-buckets", "8", "--allowed-lateness-s", "86400", "--log-level", "warning"],
                                Path(data_dir)).start()

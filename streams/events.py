@@ -3,7 +3,7 @@
 A message value is one click event (a JSON object) or an envelope (a JSON array of events). Every event
 is checked against schemas/click-event.v1.json plus the rules a schema cannot express: `ts` is a JSON
 integer (not 1.0, not a number too large for 64 bits, which the parser turns into a float), not before
-2000-01-01, and not more than `max_future_s` ahead of the wall clock (a far-future timestamp would drag
+`min_ts_ms` (default 2000-01-01; older logs such as MovieLens-100K need an earlier one), and not more than `max_future_s` ahead of the wall clock (a far-future timestamp would drag
 the watermark forward and make every later event late). Limits are explicit: a message over
 `MAX_MESSAGE_BYTES` is rejected "too large" unread, one nesting deeper than `MAX_NESTING_DEPTH` "too
 deep". Rejected events come back with a reason, never dropped, and nothing a message holds can make
@@ -25,7 +25,7 @@ from schemas import CLICK_EVENT_V1, ValidationError, validator
 MAX_REASON_CHARS = 300
 MAX_MESSAGE_BYTES = 1_048_576          # Kafka's default max message size; bigger ones are not read
 MAX_NESTING_DEPTH = 32                 # arrays/objects inside one message, the envelope included
-MIN_TS_MS = 946_684_800_000            # 2000-01-01T00:00:00Z: older event times are a bug upstream
+MIN_TS_MS = 946_684_800_000            # 2000-01-01T00:00:00Z, the default earliest event time (--min-event-time)
 MAX_DLQ_ORIGINAL_BYTES = 65_536        # a DLQ record keeps this much of the original, plus length and sha256
 
 
@@ -45,8 +45,9 @@ class Rejection:
     code: str = "schema"
 
 
-def decode_message(value: bytes | None, max_ts_ms: int) -> tuple[list[ClickEvent], list[Rejection]]:
-    """Events and rejections of one message value; `max_ts_ms` is the latest acceptable event time."""
+def decode_message(value: bytes | None, max_ts_ms: int,
+                   min_ts_ms: int = MIN_TS_MS) -> tuple[list[ClickEvent], list[Rejection]]:
+    """Events and rejections of one message value; event times must lie in [min_ts_ms, max_ts_ms]."""
     if value is None:
         return [], [Rejection(b"", "empty message (null value)", None, "empty")]
     if len(value) > MAX_MESSAGE_BYTES:
@@ -61,18 +62,19 @@ def decode_message(value: bytes | None, max_ts_ms: int) -> tuple[list[ClickEvent
     if too_deep(value, payload):
         return [], [Rejection(value, f"too deep: more than {MAX_NESTING_DEPTH} levels of nesting", None, "too_deep")]
     if isinstance(payload, list):
-        return decode_envelope(payload, max_ts_ms)
-    event, reason, code = validate_event(payload, max_ts_ms)
+        return decode_envelope(payload, max_ts_ms, min_ts_ms)
+    event, reason, code = validate_event(payload, max_ts_ms, min_ts_ms)
     if event is None:
         return [], [Rejection(value, reason, None, code)]
     return [event], []
 
 
-def decode_envelope(payload: list, max_ts_ms: int) -> tuple[list[ClickEvent], list[Rejection]]:
+def decode_envelope(payload: list, max_ts_ms: int, min_ts_ms: int = MIN_TS_MS) -> tuple[list[ClickEvent],
+                                                                                        list[Rejection]]:
     events: list[ClickEvent] = []
     rejections: list[Rejection] = []
     for index, item in enumerate(payload):
-        event, reason, code = validate_event(item, max_ts_ms)
+        event, reason, code = validate_event(item, max_ts_ms, min_ts_ms)
         if event is None:
             rejections.append(Rejection(orjson.dumps(item), reason, index, code))
         else:
@@ -99,7 +101,7 @@ def too_deep(value: bytes, payload: Any) -> bool:
 _validate_click = validator(CLICK_EVENT_V1)
 
 
-def validate_event(obj: Any, max_ts_ms: int) -> tuple[ClickEvent | None, str, str]:
+def validate_event(obj: Any, max_ts_ms: int, min_ts_ms: int = MIN_TS_MS) -> tuple[ClickEvent | None, str, str]:
     """(event, "", "") for a valid click event v1, else (None, reason, reason code)."""
     try:
         _validate_click(obj)
@@ -108,8 +110,9 @@ def validate_event(obj: Any, max_ts_ms: int) -> tuple[ClickEvent | None, str, st
     ts_ms = obj["ts"]
     if type(ts_ms) is not int:
         return None, f"ts {ts_ms!r} is not an integer number of epoch milliseconds", "ts_not_integer"
-    if ts_ms < MIN_TS_MS:
-        return None, f"ts {ts_ms} is before 2000-01-01 ({MIN_TS_MS})", "ts_too_old"
+    if ts_ms < min_ts_ms:
+        return None, f"ts {ts_ms} is before the earliest accepted event time {min_ts_ms} (--min-event-time)", \
+            "ts_too_old"
     if ts_ms > max_ts_ms:
         return None, f"ts {ts_ms} is more than the allowed skew ahead of wall-clock time ({max_ts_ms})", \
             "ts_in_future"

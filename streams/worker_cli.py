@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from datetime import datetime, timezone
 import os
 from pathlib import Path
 
@@ -84,6 +85,9 @@ def add_parser(subparsers) -> None:
                         help="if > 0, after this many seconds without input score up to the latest event")
     parser.add_argument("--max-future-s", type=int, default=86_400,
                         help="reject events whose time is this far beyond the wall clock")
+    parser.add_argument("--min-event-time", type=event_time_ms, default=WorkerConfig.min_ts_ms, metavar="DATE|MS",
+                        help="reject events before this time (ISO date or epoch ms; default 2000-01-01); "
+                        "replaying older logs such as ml-100k (1997-98) needs e.g. 1990-01-01")
     parser.add_argument("--source-idle-timeout-s", type=float, default=WorkerConfig.source_idle_timeout_s,
                         help="an input partition silent for this many wall-clock seconds stops holding back "
                         "the watermark until it sends again (0: never; default %(default)s)")
@@ -93,13 +97,26 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def event_time_ms(text: str) -> int:
+    """An event time from the command line: epoch milliseconds, or an ISO date/time (UTC if no zone)."""
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither epoch milliseconds nor an ISO date") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp() * 1000)
+
+
 def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     return WorkerConfig(
         kafka=settings_from_args(args), topics=topics_from_args(args), app_id=args.app_id,
         partitions=args.partitions, spec=window_spec_from_args(args), top_k=args.top_k,
         max_candidates=args.max_candidates,
         data_dir=args.data_dir, batch_max_messages=args.batch_max_messages, idle_flush_s=args.idle_flush_s,
-        max_future_s=args.max_future_s, source_idle_timeout_s=args.source_idle_timeout_s,
+        max_future_s=args.max_future_s, min_ts_ms=args.min_event_time, source_idle_timeout_s=args.source_idle_timeout_s,
         scorer=args.scorer, scorer_sha256=args.scorer_sha256, step_budget_s=args.step_budget_s,
         embedded_broker_fix=args.embedded_broker_fix,
         worker_id=args.worker_id, log_level=args.log_level)

@@ -33,7 +33,7 @@ def start_ml100k_worker(replay: Replay, log, scorer: str) -> None:
     from infra.kafka_config import KafkaSettings
     from streams.producer import produce_items
 
-    replay.extra_args = [*ML100K_WINDOWS, "--scorer", scorer]
+    replay.extra_args = [*ML100K_WINDOWS, "--scorer", scorer, "--min-event-time", "1990-01-01"]
     worker = replay.start_worker()
     replay.wait_assigned()
     produce_items(KafkaSettings(bootstrap=replay.bootstrap), replay.topics["items"], log.items)

@@ -1,0 +1,197 @@
+"""Property tests of decode -> validate -> pre-aggregate (stage 1) and of the internal-message checks:
+whatever bytes arrive, nothing raises, and every event is accounted for (counted, rejected or duplicate)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from schemas import DLQ_RECORD_V1, validator
+from streams.deltas import DeltaColumns, DeltaRouter, InvalidInternalMessage, decode_deltas, encode_deltas
+from streams.events import (
+    MAX_DLQ_ORIGINAL_BYTES,
+    MAX_MESSAGE_BYTES,
+    MAX_NESTING_DEPTH,
+    MIN_TS_MS,
+    Rejection,
+    decode_message,
+    dlq_record,
+)
+from streams.merge import CandidatesMessage
+from streams.windows import WindowSpec
+
+NOW_MS = 1_764_000_000_000
+MAX_TS_MS = NOW_MS + 86_400_000
+SPEC = WindowSpec(slot_s=3600, bucket_s=86_400, n_buckets=4, allowed_lateness_s=0)
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+json_scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text()
+json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=20)
+timestamps = st.one_of(st.integers(MIN_TS_MS - 2, MIN_TS_MS + 2), st.integers(MAX_TS_MS - 2, MAX_TS_MS + 2),
+                       st.integers(-(2**64), 2**64), st.floats(allow_nan=False), st.just(float(NOW_MS)),
+                       st.integers(MIN_TS_MS, MAX_TS_MS))
+item_ids = st.one_of(st.text(min_size=0, max_size=258), st.text(alphabet="𝄞é", min_size=255, max_size=258),
+                     st.sampled_from(["a", "a\x00", "a\n", "x" * 256, "x" * 257]))
+events = st.fixed_dictionaries({"item_id": item_ids, "ts": timestamps},
+                               optional={"event_id": st.text(max_size=4), "user_id": st.text(max_size=4),
+                                         "extra": json_values})
+
+
+def account(values: list[bytes | None]) -> tuple[int, int, int, int]:
+    """(events in, counted, rejected, duplicates) of one routed batch of messages."""
+    router = DeltaRouter(4, SPEC, dedup_capacity=1000)
+    batch = router.route([(i % 4, i, value) for i, value in enumerate(values)], MAX_TS_MS)
+    counted = sum(sum(columns.counts) for columns in batch.deltas.values())
+    events_in = 0
+    for value in values:
+        try:
+            payload = orjson.loads(value or b"")
+            events_in += len(payload) if isinstance(payload, list) else 1
+        except orjson.JSONDecodeError:
+            events_in += 1
+    return events_in, counted, len(batch.rejections), batch.duplicates
+
+
+@FAST
+@given(st.binary(max_size=64) | st.none())
+def test_arbitrary_bytes_never_raise_and_always_leave_a_trace(value):
+    events, rejections = decode_message(value, MAX_TS_MS)
+    assert events or rejections or value.strip() == b"[]"
+
+
+@FAST
+@given(st.lists(st.lists(events, max_size=6) | events, min_size=1, max_size=6))
+def test_events_and_envelopes_conserve_every_event(payloads):
+    values = [json.dumps(p).encode() for p in payloads]   # the stdlib writes integers beyond 64 bits too
+    events_in, counted, rejected, duplicates = account(values)
+    assert counted + rejected + duplicates == events_in
+
+
+@FAST
+@given(st.integers(MIN_TS_MS, MAX_TS_MS))
+def test_an_integral_float_ts_is_rejected_and_the_same_integer_accepted(ts):
+    ok, _ = decode_message(orjson.dumps({"item_id": "a", "ts": ts}), MAX_TS_MS)
+    events, rejections = decode_message(b'{"item_id": "a", "ts": %d.0}' % ts, MAX_TS_MS)
+    assert [e.ts_ms for e in ok] == [ts] and type(ok[0].ts_ms) is int
+    assert events == [] and rejections[0].code in ("ts_not_integer", "schema")
+
+
+@pytest.mark.parametrize("raw_ts", [b"1e400", b"18446744073709551616", b"170000000000000000000000", b"-1",
+                                    b"946684799999", b"true", b'"1700000000000"'])
+def test_timestamps_outside_the_contract_are_rejected(raw_ts):
+    events, rejections = decode_message(b'[{"item_id": "a", "ts": %s}]' % raw_ts, MAX_TS_MS)
+    assert events == [] and len(rejections) == 1
+
+
+@pytest.mark.parametrize("depth", [MAX_NESTING_DEPTH - 2, MAX_NESTING_DEPTH - 1, MAX_NESTING_DEPTH,
+                                   MAX_NESTING_DEPTH + 1, 255, 256, 1023, 1024, 1025, 5000])
+def test_nesting_around_every_limit_is_counted_or_rejected_too_deep(depth):
+    inner = b'"x"'
+    for _ in range(depth - 2):  # the envelope and the event object are two levels
+        inner = b'{"n": ' + inner + b"}"
+    good = b'{"item_id": "good", "ts": %d}' % NOW_MS
+    value = b"[" + good + b', {"item_id": "deep", "ts": %d, "meta": ' % NOW_MS + inner + b"}]"
+    events, rejections = decode_message(value, MAX_TS_MS)
+    if depth <= MAX_NESTING_DEPTH:
+        assert [e.item_id for e in events] == ["good", "deep"] and not rejections
+    else:
+        assert events == [] and rejections[0].code == "too_deep"
+        assert len(dlq_record(rejections[0], "clicks", 0, 1)) < 100_000
+
+
+@pytest.mark.parametrize("size", [MAX_MESSAGE_BYTES - 1, MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES + 1, 5_000_000])
+def test_messages_just_under_and_over_the_size_limit(size):
+    head = b'{"item_id": "a", "ts": %d, "pad": "' % NOW_MS
+    value = head + b"p" * (size - len(head) - 2) + b'"}'
+    assert len(value) == size
+    events, rejections = decode_message(value, MAX_TS_MS)
+    if size <= MAX_MESSAGE_BYTES:
+        assert len(events) == 1 and not rejections
+    else:
+        assert events == [] and rejections[0].code == "too_large"
+
+
+def test_a_dlq_record_always_fits_and_identifies_the_whole_original():
+    original = b"\xff" * (3 * MAX_MESSAGE_BYTES)
+    record = orjson.loads(dlq_record(Rejection(original, "too large", None, "too_large"), "clicks", 2, 9))
+    validator(DLQ_RECORD_V1)(record)
+    assert record["truncated"] and record["original_length"] == len(original)
+    assert record["original_sha256"] == hashlib.sha256(original).hexdigest()
+    assert base64.b64decode(record["original"]) == original[:MAX_DLQ_ORIGINAL_BYTES]
+
+
+@pytest.mark.parametrize("n_events", [0, 1, 100, 10_000, 100_000])
+def test_envelopes_of_any_length_conserve_events(n_events):
+    envelope = orjson.dumps([{"item_id": f"i{k % 97}", "ts": NOW_MS - k * 1000, "event_id": f"e{k % 5000}"}
+                             for k in range(n_events)])
+    events_in, counted, rejected, duplicates = account([envelope])
+    if len(envelope) > MAX_MESSAGE_BYTES:   # the whole message goes to the DLQ, unread
+        assert (counted, rejected, duplicates) == (0, 1, 0)
+    else:
+        assert counted + rejected + duplicates == events_in == n_events
+
+
+def test_item_ids_that_differ_only_by_a_control_character_cannot_merge():
+    events, rejections = decode_message(orjson.dumps([{"item_id": "a", "ts": NOW_MS},
+                                                      {"item_id": "a\x00", "ts": NOW_MS}]), MAX_TS_MS)
+    assert [e.item_id for e in events] == ["a"] and [r.index for r in rejections] == [1]
+
+
+def test_ids_of_256_characters_pass_and_257_are_rejected():
+    events, rejections = decode_message(orjson.dumps([{"item_id": "𝄞" * 256, "ts": NOW_MS},
+                                                      {"item_id": "𝄞" * 257, "ts": NOW_MS}]), MAX_TS_MS)
+    assert len(events) == 1 and len(rejections) == 1
+
+
+@FAST
+@given(json_values)
+def test_arbitrary_json_as_a_deltas_message_is_applied_only_if_well_formed(body):
+    try:
+        source, watermark, columns = decode_deltas(json.dumps(body).encode(), 4, MAX_TS_MS)
+    except InvalidInternalMessage:
+        return
+    assert 0 <= source < 4 and watermark <= MAX_TS_MS
+
+
+@pytest.mark.parametrize("forged", [
+    {"src": 0, "wm": NOW_MS, "o": [10**18], "i": ["a"], "s": [1], "c": [1]},
+    {"src": 0, "wm": 10**17, "o": [], "i": [], "s": [], "c": []},
+    {"src": 9, "wm": NOW_MS},
+    {"src": 0, "wm": NOW_MS, "o": [5, 4], "i": ["a", "b"], "s": [1, 1], "c": [1, 1]},
+    {"src": 0, "wm": NOW_MS, "o": [1], "i": ["a"], "s": [1], "c": [-3]},
+    {"src": 0, "wm": 1.5},
+])
+def test_forged_deltas_messages_are_refused(forged):
+    with pytest.raises(InvalidInternalMessage):
+        decode_deltas(orjson.dumps(forged), 4, MAX_TS_MS)
+
+
+def test_large_deltas_are_split_at_source_offsets_and_decode_to_the_same_entries():
+    n = 40_000
+    columns = DeltaColumns([k // 10 for k in range(n)], [f"item-{k:08d}-" + "x" * 40 for k in range(n)],
+                           [k % 50 for k in range(n)], [1] * n)
+    messages = encode_deltas(1, NOW_MS, columns)
+    assert len(messages) > 1 and all(len(m) < 2 * 512 * 1024 for m in messages)
+    parts = [decode_deltas(m, 4, MAX_TS_MS)[2] for m in messages]
+    assert sum((p.offsets for p in parts), []) == columns.offsets
+    assert all(p.offsets[-1] < q.offsets[0] for p, q in zip(parts, parts[1:], strict=False))
+
+
+def test_forged_candidates_are_refused():
+    good = {"item_id": "a", "counts": [1, 2, 3, 4], "last_event_slot": 5, "forecast": 3.0, "text": "", "model": "m"}
+    CandidatesMessage.decode(orjson.dumps({"b": 9, "p": 0, "candidates": [good]}), 4, 10, 4)
+    for forged in ({"b": 9, "p": 7, "candidates": [good]},
+                   {"b": 9, "p": 0, "candidates": [good] * 11},
+                   {"b": 9, "p": 0, "candidates": [{**good, "counts": [0, 0, 0, 0]}]},
+                   {"b": 9, "p": 0, "candidates": [{**good, "text": "t" * 5000}]},
+                   {"b": 9, "p": 0, "candidates": [{**good, "last_event_slot": 9}]},
+                   {"b": 9, "p": 0, "candidates": [{**good, "explanation": "made up"}]}):
+        with pytest.raises(InvalidInternalMessage):
+            CandidatesMessage.decode(orjson.dumps(forged), 4, 10, 4)
