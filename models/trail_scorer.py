@@ -172,6 +172,25 @@ def resolve_model_dir(name_or_path: str) -> Path:
     return MODELS_DIR / name_or_path
 
 
+def sort_safetensors_metadata(path: Path) -> None:
+    """Rewrite a safetensors header with its metadata keys sorted, in place (same length, same tensors).
+
+    safetensors writes the metadata from a Rust HashMap, whose order changes from process to process, so
+    the same tensors gave files with different sha256s; sorted, the same weights give the same bytes.
+    """
+    with path.open("r+b") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_len))
+        if "__metadata__" in header:
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":")).encode()
+        if len(text) > header_len:
+            raise ValueError(f"{path}: the re-serialised safetensors header is {len(text)} bytes, the original "
+                             f"{header_len}; leave this file as it is")
+        f.seek(8)
+        f.write(text.ljust(header_len, b" "))   # safetensors pads headers with spaces
+
+
 def save_trail_model(model: TrailModel, tokenizer, out_dir: Path, card: dict,
                      render_card: Callable[[dict], str]) -> dict:
     """Weights (safetensors), config, tokenizer and the model card (sha256 filled in) into `out_dir`."""
@@ -180,6 +199,7 @@ def save_trail_model(model: TrailModel, tokenizer, out_dir: Path, card: dict,
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / WEIGHTS_FILE
     save_model(model, str(weights), metadata={"format": "pt", "model": "trail", "base": model.config.base})
+    sort_safetensors_metadata(weights)
     (out_dir / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n")
     tokenizer.save_pretrained(out_dir / TOKENIZER_SUBDIR)
     sha = sha256_of(weights)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import platform
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.backtest import DEFAULT_ORIGINS
 from models.faithfulness import check_explanation
 from models.features import SIGNAL_NAMES
 from models.rationales import N_TEMPLATES, evidence_text, rationale, wrong_forecasts
@@ -78,34 +80,38 @@ class TrainConfig:
     encoder_grad: bool = False        # backpropagate the contrastive loss through the explanation encoder too
     lora_r: int = 16
     lora_alpha: int = 32
-    n_origins: int = 8                # backtest origins to keep out of training (the first one is the cutoff)
+    n_origins: int = DEFAULT_ORIGINS  # backtest origins to keep out of training (the first one is the cutoff)
     val_days: int = 7                 # validation boundaries (slots) held out at the end of the range
     val_rows: int = 2000              # validation rows scored at the end (a seeded sample)
     val_explained_per_boundary: int = 8
-    max_minutes: float = 0.0          # time budget: the schedule follows max(step share, time share); 0: none
+    max_minutes: float = 0.0          # time cap: stops a run short (with a warning), never shapes it; 0: none
     threads: int = 0                  # torch threads; 0: torch's default
     device: str = "cpu"               # "cpu" | "cuda": where the training steps run (validation and saving on CPU)
 
     @classmethod
     def for_base(cls, base: str, **overrides) -> TrainConfig:
-        """Defaults measured on the 2-core machine: tiny trains in minutes; smollm2 uses LoRA and small batches."""
+        """Defaults measured on the 2-core machine: tiny trains in minutes; smollm2 uses LoRA and small batches.
+
+        The step count decides the model (same seed, same steps: same weights); each base's time cap is
+        about twice its measured run, a guard against a stalled machine, not a budget to fill.
+        """
         defaults: dict = {"base": base}
         if base == "smollm2":
-            # capped at 55 minutes of training so `trail train --base smollm2` stays under 60 minutes on 2 cores
+            # 600 steps at 5.0 s each took 50.9 minutes on 2 cores; the cap stops a run that takes twice that
             defaults.update(batch_size=16, explain_rows=4, contrastive_rows=8, lr=5e-4, head_lr=1e-3, val_rows=1000,
-                            max_minutes=55.0)
+                            max_minutes=100.0)
         else:
-            # capped at 4.5 minutes of training so `trail train --base tiny` stays under 5 minutes. Most of a
-            # tiny step is the 49k-token LM head: labelling 30 % of the rationale's word tokens (numbers and
-            # directions always) and a 32-row forecast batch take a step from 0.58 to 0.34 s on 2 cores, so
-            # ~800 steps fit; the GPU sweep in README "TRAIL model" shows faithfulness needs ~1,000.
+            # Most of a tiny step is the 49k-token LM head: labelling 30 % of the rationale's word tokens
+            # (numbers and directions always) and a 32-row forecast batch take a step from 0.58 to 0.34 s on
+            # 2 cores (816 steps took 4.5 minutes), so the default 700 steps train in ~4 minutes; the GPU sweep
+            # in README "TRAIL model" shows faithfulness needs ~1,000.
             defaults.update(batch_size=32, explain_rows=16, contrastive_rows=8, explain_token_share=0.3,
-                            max_minutes=4.5)
+                            max_minutes=8.0)
         defaults.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**defaults)
 
     def default_steps(self) -> int:
-        return 600 if self.base == "smollm2" else 1000
+        return 600 if self.base == "smollm2" else 700
 
 
 @dataclass
@@ -301,10 +307,22 @@ def lr_factor(progress: float, warmup_frac: float) -> float:
     return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(rest, 1.0)))
 
 
-def training_progress(step: int, steps: int, elapsed_s: float, max_minutes: float) -> float:
-    """Share of the run done: by steps, or by time when a time budget is set and is the tighter one."""
-    by_steps = step / max(steps, 1)
-    return max(by_steps, elapsed_s / (max_minutes * 60)) if max_minutes else by_steps
+def training_progress(step: int, steps: int) -> float:
+    """Share of the run done, by steps only: the LR schedule must not depend on the clock (reproducibility)."""
+    return step / max(steps, 1)
+
+
+def over_time_cap(elapsed_s: float, max_minutes: float) -> bool:
+    """Whether a run has used up its time cap (0: no cap)."""
+    return bool(max_minutes) and elapsed_s >= max_minutes * 60
+
+
+def cut_short_warning(steps_done: int, steps: int, max_minutes: float) -> str:
+    """The loud message of a run the time cap stopped before its planned steps."""
+    return (f"trail train: the --max-minutes cap of {max_minutes:g} minutes stopped training after {steps_done} of "
+            f"{steps} planned steps. This model is NOT the reproducible {steps}-step model (same seed, same steps: "
+            "same weights), and its learning rate never decayed fully. Re-run with a larger --max-minutes (0: no cap) "
+            "or fewer --steps.")
 
 
 def add_lora(model: TrailModel, cfg: TrainConfig):
@@ -436,13 +454,12 @@ def train(cfg: TrainConfig, out_dir: Path | None = None, progress: Progress | No
     stopped_early = False
     step = 0
     for step in range(steps):
-        progress_share = training_progress(step, steps, time.perf_counter() - train_started, cfg.max_minutes)
-        if progress_share >= 1.0:
+        if over_time_cap(time.perf_counter() - train_started, cfg.max_minutes):
             stopped_early = True
             step -= 1
             break
         for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * lr_factor(progress_share, cfg.warmup_frac)
+            group["lr"] = group["base_lr"] * lr_factor(training_progress(step, steps), cfg.warmup_frac)
         rows = rng.choice(len(train_data), size=cfg.batch_size, replace=False)
         losses = train_step(model, builder, train_data, rows, cfg, rng)
         optimizer.zero_grad(set_to_none=True)
@@ -454,6 +471,8 @@ def train(cfg: TrainConfig, out_dir: Path | None = None, progress: Progress | No
         progress.on_advance(record)
     steps_done = step + 1
     train_s = time.perf_counter() - train_started
+    if stopped_early:
+        warnings.warn(cut_short_warning(steps_done, steps, cfg.max_minutes), RuntimeWarning, stacklevel=2)
 
     model.to("cpu")
     if lora is not None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-from datetime import datetime, timezone
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 from export.bundle import PIN_ENV
@@ -106,7 +106,7 @@ def event_time_ms(text: str) -> int:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} is neither epoch milliseconds nor an ISO date") from exc
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
 
 

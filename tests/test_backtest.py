@@ -10,7 +10,15 @@ import types
 import numpy as np
 import pytest
 
-from models.backtest import backtest_origins, forecasts_at, run_backtest, targets_at
+from models.backtest import (
+    DEFAULT_ORIGINS,
+    SEGMENTS,
+    backtest_origins,
+    forecasts_at,
+    origin_iso,
+    run_backtest,
+    targets_at,
+)
 from models.baselines import EMAScorer, GradientBoostingScorer, MostPopScorer, RecentPopScorer, default_baselines
 from models.datasets import EventLog, load_dataset, sorted_log
 from models.scoring import FittableScorer
@@ -18,6 +26,8 @@ from streams.cli import main
 from streams.windows import WindowSpec
 
 DAY_MS = 86_400_000
+METRIC_NAMES = ["mae", "rmsle", "item_ndcg@10", "item_recall@10", "rising_precision"] + [
+    f"user_{m}@{k}" for m in ("recall", "ndcg", "hr") for k in (5, 10, 20)]
 SPEC = WindowSpec(slot_s=86_400, bucket_s=7 * 86_400, n_buckets=3, allowed_lateness_s=86_400)
 
 
@@ -57,22 +67,33 @@ def with_future_replaced(log: EventLog, origin_ms: int, seed: int) -> EventLog:
     )
 
 
-def test_origins_are_one_bucket_apart_and_end_with_the_last_complete_bucket(ml100k):
+def test_origins_are_one_slot_apart_and_end_with_the_last_complete_bucket(ml100k):
     spec = ml100k.default_spec()
-    origins = backtest_origins(ml100k, spec, 8)
-    assert np.diff(origins).tolist() == [spec.slots_per_bucket] * 7
+    origins = backtest_origins(ml100k, spec)
+    assert len(origins) == DEFAULT_ORIGINS == 50
+    assert np.diff(origins).tolist() == [1] * 49
     assert origins[-1] + spec.slots_per_bucket == spec.slot_of(int(ml100k.ts_ms[-1])) + 1
     assert origins[0] - spec.window_slots >= spec.slot_of(int(ml100k.ts_ms[0]))
 
 
+def test_default_origins_span_the_former_eight_weekly_origins(ml100k):
+    # a model trained before the first origin (its cutoff) stays comparable with the earlier protocol
+    spec = ml100k.default_spec()
+    origins = backtest_origins(ml100k, spec)
+    assert origins[0] == origins[-1] - 7 * spec.slots_per_bucket
+    assert origin_iso(spec, origins[0])[:10] == "1998-02-26" and origin_iso(spec, origins[-1])[:10] == "1998-04-16"
+
+
 def test_too_many_origins_are_refused_with_the_number_that_fits(ml100k):
-    with pytest.raises(ValueError, match="at most 22 origins"):
-        backtest_origins(ml100k, ml100k.default_spec(), 40)
+    with pytest.raises(ValueError, match="at most 153 origins"):
+        backtest_origins(ml100k, ml100k.default_spec(), 200)
 
 
 def test_no_scorer_reads_events_at_or_after_the_origin(ml100k):
     spec = ml100k.default_spec()
-    for origin in backtest_origins(ml100k, spec, 8)[::7]:   # the first and the last origin
+    origins = backtest_origins(ml100k, spec)
+    # the first and the last origin, and one between two weekly gbr fits (the model fitted 3 slots before)
+    for origin in (origins[0], origins[3], origins[-1]):
         perturbed = with_future_replaced(ml100k, spec.boundary_ms(origin), seed=origin)
         ids = ml100k.item_vocab.tolist()
         assert not np.array_equal(targets_at(ml100k, spec, origin, ids), targets_at(perturbed, spec, origin, ids))
@@ -85,10 +106,23 @@ def test_no_scorer_reads_events_at_or_after_the_origin(ml100k):
             np.testing.assert_array_equal(forecasts[name], forecasts_p[name], err_msg=name)
 
 
+def test_gbr_is_fitted_at_or_before_the_origin_whatever_came_before(ml100k):
+    spec = ml100k.default_spec()
+    origins = backtest_origins(ml100k, spec)
+    origin = origins[3]
+    assert GradientBoostingScorer().fit_slot(spec, origin) <= origin
+    batch, _ = forecasts_at(ml100k, spec, [], origin)
+    fresh, walked = GradientBoostingScorer(), GradientBoostingScorer()
+    fresh.fit(ml100k.before(spec.boundary_ms(origin)), spec, origin)
+    for earlier in origins[:4]:             # as the backtest walks: the weekly model is reused mid-week
+        walked.fit(ml100k.before(spec.boundary_ms(earlier)), spec, earlier)
+    np.testing.assert_array_equal(fresh.forecast(batch), walked.forecast(batch))
+
+
 def test_learners_fit_on_the_full_log_equals_fit_on_the_history(ml100k):
     # the fit hook itself only uses targets that end at or before the origin, even when given more
     spec = ml100k.default_spec()
-    origin = backtest_origins(ml100k, spec, 8)[4]
+    origin = backtest_origins(ml100k, spec)[4]
     history = ml100k.before(spec.boundary_ms(origin))
     batch, _ = forecasts_at(ml100k, spec, [], origin)
     for make in (MostPopScorer, GradientBoostingScorer):
@@ -128,15 +162,60 @@ def test_recent_popularity_metrics_match_a_hand_computed_origin():
 
 def test_result_has_every_metric_with_an_interval_for_every_method():
     result = run_backtest(random_log(seed=1), SPEC, default_baselines(), n_origins=2, n_boot=100)
-    assert set(result) >= {"dataset", "bucket_s", "origins", "seconds", "results"}
+    assert set(result) >= {"dataset", "bucket_s", "origins", "seconds", "results", "paired", "segments", "test"}
     assert list(result["results"]) == [s.name for s in default_baselines()]
-    names = ["mae", "rmsle", "item_ndcg@10", "item_recall@10", "rising_precision"] + [
-        f"user_{m}@{k}" for m in ("recall", "ndcg", "hr") for k in (5, 10, 20)]
     for method, values in result["results"].items():
-        for name in names:
+        for name in METRIC_NAMES:
             assert name in values and len(values[f"{name}_ci"]) == 2, (method, name)
         low, high = values["mae_ci"]
         assert low <= values["mae"] <= high
+
+
+def test_every_metric_compares_each_method_with_the_best_baseline():
+    result = run_backtest(random_log(seed=1), SPEC, default_baselines(), n_origins=12, n_boot=200)
+    assert set(result["paired"]) == set(METRIC_NAMES)
+    for name, entry in result["paired"].items():
+        best = entry["best_baseline"]
+        values = {m: v[name] for m, v in result["results"].items() if not math.isnan(v[name])}
+        pick = min if name in ("mae", "rmsle") else max
+        assert values[best] == pick(values.values()), name
+        assert set(entry["methods"]) == set(result["results"]) - {best}
+        for method, comparison in entry["methods"].items():
+            if method not in values:             # e.g. recent-pop never calls "rising"
+                assert math.isnan(comparison["diff"])
+                continue
+            assert comparison["diff"] == pytest.approx(values[method] - values[best]), (name, method)
+            assert 0.0 <= comparison["p_value"] <= 1.0
+            assert comparison["verdict"] in ("better", "worse", "not significant")
+
+
+def test_significance_needs_the_interval_to_exclude_zero_and_p_below_alpha():
+    result = run_backtest(random_log(seed=1), SPEC, default_baselines(), n_origins=12, n_boot=200)
+    for name, entry in result["paired"].items():
+        for comparison in entry["methods"].values():
+            low, high = comparison["diff_ci"]
+            significant = comparison["p_value"] < 0.05 and (low > 0 or high < 0)
+            assert (comparison["verdict"] != "not significant") == significant, name
+
+
+def test_segments_split_every_item_forecast_once():
+    result = run_backtest(random_log(seed=1), SPEC, default_baselines(), n_origins=6, n_boot=50)
+    assert list(result["segments"]) == list(SEGMENTS)
+    assert sum(s["n_item_forecasts"] for s in result["segments"].values()) == result["n_item_forecasts"]
+    for segment in result["segments"].values():
+        assert set(segment["results"]) == set(result["results"])
+        assert "mae" in segment["paired"] and "mae_ci" in segment["results"]["ema"]
+
+
+def test_cold_items_are_those_first_seen_in_the_last_four_buckets():
+    # at origin day 35: "old" first seen on day 0 (5 buckets back), "new" on day 10 (< 4 buckets back)
+    log = log_of([("old", 0, "u1"), ("old", 30, "u1"), ("new", 10, "u2"), ("new", 33, "u2"), ("old", 36, "u3"),
+                  ("new", 37, "u1"), ("new", 41, "u4")])
+    result = run_backtest(log, SPEC, [RecentPopScorer()], n_origins=1, n_boot=10)
+    assert result["origins"] == ["1970-02-05T00:00:00+00:00"]     # day 35
+    assert result["segments"]["cold"]["n_item_forecasts"] == 1
+    assert result["segments"]["cold"]["results"]["recent-pop"]["mae"] == pytest.approx(1.0)   # new: 1 vs 2
+    assert result["segments"]["rose"]["n_item_forecasts"] == 1                                # old: 0 then 1
 
 
 def test_backtest_on_ml100k_is_deterministic(ml100k):
@@ -162,6 +241,7 @@ def test_cli_prints_one_json_object_and_writes_the_report(tmp_path, capsys):
     assert "gbr" in result["results"]
     report = (tmp_path / "report" / "report.md").read_text()
     assert "| gbr |" in report and "metrics.png" in report
+    assert "Paired differences against the best baseline" in report and "### cold" in report
     assert (tmp_path / "report" / "metrics.png").stat().st_size > 0
     assert (tmp_path / "report" / "top_items.png").stat().st_size > 0
 

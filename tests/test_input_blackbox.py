@@ -10,7 +10,6 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from infra.kafka_config import KafkaSettings
 from tests.streamkit import BASE_TS_MS, DAY_MS, make_events
 from tests.test_stream_e2e import last_step_end, wait_for_step
 

@@ -102,3 +102,80 @@ def test_bootstrap_interval_is_seeded_and_brackets_the_mean():
 def test_bootstrap_ratio_is_nan_without_rows():
     low, high = metrics.bootstrap_ratio_ci(np.zeros(0), np.zeros(0), 100, seed=0)
     assert math.isnan(low) and math.isnan(high)
+
+
+def test_circular_blocks_are_seeded_sorted_and_a_full_length_block_is_every_origin_once():
+    idx = metrics.circular_block_indices(10, 3, 50, seed=1)
+    assert idx.shape == (50, 10)
+    assert np.array_equal(idx, metrics.circular_block_indices(10, 3, 50, seed=1))
+    assert np.all(np.diff(idx, axis=1) >= 0)
+    assert (metrics.circular_block_indices(10, 10, 5, seed=2) == np.arange(10)).all()
+
+
+def test_circular_blocks_hold_runs_of_consecutive_origins_wrapping_at_the_end():
+    idx = metrics.circular_block_indices(7, 7, 200, seed=0)      # one block: a rotation of all origins
+    assert all(sorted(row) == list(range(7)) for row in idx.tolist())
+    counts = np.bincount(metrics.circular_block_indices(20, 5, 400, seed=0).ravel(), minlength=20)
+    assert counts.min() > 0                                       # the wrap reaches the last origins too
+
+
+def test_origin_sums_pool_over_origins_and_take_the_root_for_rmsle():
+    sums = metrics.OriginSums(np.array([2.0, 6.0]), np.array([1.0, 3.0]))
+    assert sums.value == pytest.approx(2.0)
+    assert metrics.OriginSums(np.array([2.0, 6.0]), np.array([1.0, 3.0]), root=True).value == pytest.approx(2 ** 0.5)
+    assert math.isnan(metrics.OriginSums(np.zeros(2), np.zeros(2)).value)
+
+
+def test_long_run_variance_of_independent_noise_is_its_variance():
+    x = np.random.default_rng(0).normal(size=20_000)
+    assert metrics.long_run_variance(x, 6) == pytest.approx(1.0, abs=0.1)
+
+
+def test_long_run_variance_adds_the_covariance_of_overlapping_sums():
+    # moving sums of 7 independent draws: variance 7, long-run variance 49
+    z = np.random.default_rng(1).normal(size=50_000)
+    x = np.convolve(z, np.ones(7), mode="valid")
+    assert metrics.long_run_variance(x, 6) == pytest.approx(49.0, rel=0.1)
+
+
+def test_long_run_variance_stays_positive_for_alternating_series():
+    x = np.tile([1.0, -1.0], 20)
+    assert metrics.long_run_variance(x, 1) > 0
+
+
+def test_diebold_mariano_separates_a_real_difference_from_noise():
+    rng = np.random.default_rng(2)
+    noise = rng.normal(size=60)
+    assert metrics.diebold_mariano_p_value(1.0, noise - noise.mean(), horizon=1) < 0.001
+    assert metrics.diebold_mariano_p_value(noise.mean(), noise - noise.mean(), horizon=1) > 0.05
+    assert metrics.diebold_mariano_p_value(0.0, np.zeros(60), horizon=7) == 1.0
+    assert math.isnan(metrics.diebold_mariano_p_value(1.0, np.ones(2), horizon=1))
+
+
+def test_overlap_makes_the_diebold_mariano_test_more_cautious():
+    z = np.random.default_rng(3).normal(size=56)
+    d = np.convolve(z, np.ones(7) / 7, mode="valid") + 0.3      # a shift seen through overlapping windows
+    assert metrics.diebold_mariano_p_value(d.mean(), d - d.mean(), horizon=7) > \
+        metrics.diebold_mariano_p_value(d.mean(), d - d.mean(), horizon=1)
+
+
+def test_paired_difference_is_the_difference_of_pooled_values_with_an_interval_around_it():
+    rng = np.random.default_rng(4)
+    rows = rng.integers(50, 100, size=40).astype(float)
+    reference = metrics.OriginSums(rows * rng.uniform(1.0, 2.0, size=40), rows)
+    method = metrics.OriginSums(reference.numerator - rows * 0.2, rows)
+    idx = metrics.circular_block_indices(40, 7, 500, seed=0)
+    out = metrics.paired_difference(method, reference, idx, horizon=7)
+    assert out["diff"] == pytest.approx(method.value - reference.value)
+    assert out["diff"] == pytest.approx(-0.2)
+    assert out["diff_ci"][0] <= out["diff"] <= out["diff_ci"][1]
+    assert out["p_value"] == 0.0                               # the same -0.2 at every origin
+
+
+def test_paired_difference_of_a_ratio_with_different_denominators():
+    # rising precision: 3/4 against 1/4 pooled over two origins
+    method = metrics.OriginSums(np.array([1.0, 2.0]), np.array([2.0, 2.0]))
+    reference = metrics.OriginSums(np.array([0.0, 1.0]), np.array([1.0, 3.0]))
+    out = metrics.paired_difference(method, reference, metrics.circular_block_indices(2, 1, 100, seed=0), 1)
+    assert out["diff"] == pytest.approx(0.5)
+    assert math.isnan(out["p_value"])                          # fewer than 3 origins: no test

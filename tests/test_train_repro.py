@@ -1,0 +1,63 @@
+"""Reproducible training: a fixed number of steps decides the model; the time cap only stops a run, loudly."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.train import TrainConfig, lr_factor, train, training_progress
+
+# seconds on 2 cores: a few tiny steps on small batches, no validation
+TINY = {"batch_size": 8, "explain_rows": 2, "contrastive_rows": 2, "val_days": 0}
+
+
+def weights_sha256(card: dict) -> str:
+    return card["weights"]["model.safetensors"]["sha256"]
+
+
+def test_same_seed_and_steps_give_the_same_weights(tmp_path):
+    first = train(TrainConfig.for_base("tiny", steps=3, seed=0, **TINY), tmp_path / "a")
+    second = train(TrainConfig.for_base("tiny", steps=3, seed=0, **TINY), tmp_path / "b")
+    assert first["hyperparameters"]["steps_done"] == 3 and not first["hyperparameters"]["stopped_early"]
+    assert weights_sha256(first) == weights_sha256(second)
+
+
+def test_another_seed_gives_other_weights(tmp_path):
+    first = train(TrainConfig.for_base("tiny", steps=1, seed=0, **TINY), tmp_path / "a")
+    other = train(TrainConfig.for_base("tiny", steps=1, seed=1, **TINY), tmp_path / "b")
+    assert weights_sha256(first) != weights_sha256(other)
+
+
+def test_the_time_cap_stops_a_run_short_with_a_warning(tmp_path):
+    with pytest.warns(RuntimeWarning, match="NOT the reproducible 3-step model"):
+        card = train(TrainConfig.for_base("tiny", steps=3, max_minutes=1e-9, **TINY), tmp_path / "capped")
+    assert card["hyperparameters"]["stopped_early"]
+    assert card["hyperparameters"]["steps_done"] < 3
+
+
+def test_the_learning_rate_schedule_follows_the_steps_only():
+    assert training_progress(0, 700) == 0.0 and training_progress(350, 700) == 0.5
+    assert lr_factor(training_progress(699, 700), 0.05) == pytest.approx(0.1, abs=1e-3)
+
+
+def test_default_tiny_run_is_a_fixed_step_count_under_a_looser_cap():
+    cfg = TrainConfig.for_base("tiny")
+    assert cfg.default_steps() == 700
+    # 0.33 s per step measured on 2 cores: the default run (~4 minutes) stays well inside the cap
+    assert cfg.default_steps() * 0.33 < cfg.max_minutes * 60 / 1.5
+
+
+def test_saved_weights_do_not_depend_on_the_metadata_order(tmp_path):
+    # safetensors writes metadata in a per-process hash order; the saved file sorts it
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from models.trail_scorer import sort_safetensors_metadata
+
+    tensors = {"b": torch.arange(3.0), "a": torch.ones(2, 2)}
+    paths = []
+    for i, metadata in enumerate(({"x": "1", "y": "2", "z": "3"}, {"z": "3", "x": "1", "y": "2"})):
+        paths.append(tmp_path / f"{i}.safetensors")
+        save_file(tensors, str(paths[-1]), metadata=metadata)
+        sort_safetensors_metadata(paths[-1])
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    assert torch.equal(load_file(str(paths[0]))["a"], tensors["a"])
