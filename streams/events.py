@@ -4,10 +4,11 @@ A message value is one click event (a JSON object) or an envelope (a JSON array 
 is checked against schemas/click-event.v1.json plus the rules a schema cannot express: `ts` is a JSON
 integer (not 1.0, not a number too large for 64 bits, which the parser turns into a float), not before
 `min_ts_ms` (default 2000-01-01; older logs such as MovieLens-100K need an earlier one), and not more
-than `max_future_s` ahead of the wall clock (a far-future timestamp would drag the watermark forward and make every later event late). Limits are explicit: a message over
-`MAX_MESSAGE_BYTES` is rejected "too large" unread, one nesting deeper than `MAX_NESTING_DEPTH` "too
-deep". Rejected events come back with a reason, never dropped, and nothing a message holds can make
-`decode_message` raise: every input message ends as events or rejections.
+than `max_future_s` ahead of the wall clock (a far-future timestamp would drag the watermark forward and
+make every later event late). Limits are explicit: a message over `MAX_MESSAGE_BYTES` is rejected "too
+large" unread, one nesting deeper than `MAX_NESTING_DEPTH` "too deep". Rejected events come back with a
+reason, never dropped, and nothing a message holds can make `decode_message` raise: every input message
+ends as events or rejections.
 """
 
 from __future__ import annotations
