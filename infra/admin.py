@@ -103,3 +103,27 @@ def _check_compaction(client: AdminClient, topics: Mapping[str, TopicSpec], time
         if "compact" not in policy.split(","):
             raise TopicError(f"topic {resource.name!r} exists with cleanup.policy={policy} but must be "
                              "compacted (cleanup.policy=compact)")
+
+
+def topic_ids(settings: KafkaSettings, names: list[str], timeout: float = 10.0) -> dict[str, str]:
+    """Each existing topic's id (a new id each time a topic is created: it tells incarnations apart)."""
+    from confluent_kafka import TopicCollection
+
+    futures = admin_client(settings).describe_topics(TopicCollection(list(names)), request_timeout=timeout)
+    ids = {}
+    for name, future in futures.items():
+        try:
+            ids[name] = str(future.result().topic_id)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise
+    return ids
+
+
+def rewind_group(settings: KafkaSettings, group: str, topic: str, partitions: int, timeout: float = 10.0) -> None:
+    """Set `group`'s committed offsets on every partition of `topic` to 0 (the group must have no members)."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
+    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p, 0) for p in range(partitions)])
+    for future in admin_client(settings).alter_consumer_group_offsets([request], request_timeout=timeout).values():
+        future.result()

@@ -38,6 +38,7 @@ from streams.config import WorkerConfig
 from streams.deltas import DeltaRouter, InvalidInternalMessage, decode_deltas, encode_deltas
 from streams.events import Rejection, dlq_record, latest_acceptable_ts_ms
 from streams.merge import CandidatesMessage, MergeProgress, pending_key, record_id
+from streams.recovery_watch import RecoveryWatch
 from streams.scorer_runtime import ScorerRuntime
 from streams.scoring_loop import (
     features_at,
@@ -129,6 +130,7 @@ def create_app(config: WorkerConfig, runtime: ScorerRuntime) -> faust.App:
 
     @app.timer(1.0)
     async def write_status():
+        await stop(pipeline.watch_recovery)
         pipeline.write_status()
 
     @app.timer(10.0)
@@ -177,6 +179,8 @@ class Pipeline:
         self.last_input_at: dict[int, float] = {}
         self.empty_reported: dict[int, int] = {}
         self.counters = Counters()
+        self.recovery_watch = RecoveryWatch(config.recovery_stall_s, config.recovery_give_up_s)
+        self.recovery_state: dict = {"recovering": False}
 
     async def fail_stop(self, body: Callable[..., Awaitable[None]], *args) -> None:
         """Run an agent's body; if it raises, log, write the status and exit at once (nothing acked)."""
@@ -192,6 +196,10 @@ class Pipeline:
             finally:
                 logging.shutdown()
                 os._exit(70)
+
+    async def watch_recovery(self) -> None:
+        """Recovery state for the status file; raises (and so stops the worker) when it is stuck for good."""
+        self.recovery_state = self.recovery_watch.check(self.app.tables.recovery)
 
     # --- stage 1 ---------------------------------------------------------------------------------------
 
@@ -228,7 +236,8 @@ class Pipeline:
         if state is None:
             state = self.states[partition] = PartitionState(
                 partition, partition_db(self.counts_table, partition), self.config.spec, self.config.partitions,
-                self.config.max_candidates, idle_timeout_s=self.config.source_idle_timeout_s)
+                self.config.max_candidates, idle_timeout_s=self.config.source_idle_timeout_s,
+                input_incarnation=self.config.input_incarnation)
             self.locks.setdefault(partition, asyncio.Lock())
         return state
 
@@ -443,4 +452,5 @@ class Pipeline:
                           if tp.topic == self.config.topics.clicks)
         write_atomic_private(path, orjson.dumps({
             **self.counters.as_dict(), "scorer": self.runtime.scorer.name, "scorer_fallbacks": self.runtime.fallbacks,
-            "assigned": assigned, "written_at": time.time(), **({"failed": failed} if failed else {})}), mode=0o644)
+            "assigned": assigned, **self.recovery_state, "written_at": time.time(),
+            **({"failed": failed} if failed else {})}), mode=0o644)

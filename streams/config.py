@@ -38,12 +38,15 @@ class WorkerConfig:
     min_ts_ms: int = MIN_TS_MS               # earlier event times are rejected (2000-01-01)
     max_future_s: int = 86_400               # events this far beyond wall-clock time are rejected
     source_idle_timeout_s: float = 10.0      # a source partition this quiet (wall clock) stops holding the watermark
+    recovery_stall_s: float = 60.0           # recovery without progress this long is logged as stalled
+    recovery_give_up_s: float = 300.0        # ... and this long stops the worker (exit 70) for a restart; 0: never
     idle_flush_s: float = 0.0                # >0: after this long with no input, score what the max seen time allows
     scorer: str = "velocity"                 # "velocity" or a TRAIL bundle NAME|DIR
     scorer_sha256: str | None = None         # the approved bundle's manifest sha256; any other is refused
     step_budget_s: float = 5.0               # a model step slower than this falls back to the baseline
     embedded_broker_fix: str = "auto"        # auto|on|off: the tansu end-offset shim
     worker_id: str = "w1"
+    input_incarnation: str = ""              # the clicks topic's id: applied input offsets are kept per incarnation
     log_level: str = "info"
 
     @property

@@ -3,11 +3,38 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 from streams.config import WorkerConfig
 
 log = logging.getLogger("trail.worker")
+
+
+def check_state_origin(config: WorkerConfig) -> WorkerConfig:
+    """Keep, move aside or refuse the local state (`streams.origin`); the config with the input incarnation."""
+    from infra.admin import cluster_metadata, rewind_group, topic_ids
+    from streams.origin import StateOrigin, reconcile
+    from streams.topics import worker_topics
+
+    names = sorted(worker_topics(config))
+    ids = topic_ids(config.kafka, names)
+    clicks_id = ids.get(config.topics.clicks, "")
+    spec = config.spec
+    current = StateOrigin(
+        cluster_id=cluster_metadata(config.kafka).cluster_id or "",
+        clicks_topic_id=clicks_id,
+        changelog_topic_ids={name: ids.get(name, "") for name in names if name.endswith("-changelog")},
+        geometry={"slot_s": spec.slot_s, "bucket_s": spec.bucket_s, "n_buckets": spec.n_buckets,
+                  "partitions": config.partitions})
+    result = reconcile(config.data_dir / config.worker_id, current)
+    if result.input_recreated:
+        try:
+            rewind_group(config.kafka, config.app_id, config.topics.clicks, config.partitions)
+        except Exception as exc:  # noqa: BLE001 - the group may have live members: say so, go on
+            log.warning("trail: could not rewind consumer group %s on %s (%s); if other workers of this group are "
+                        "running, stop them all and start again", config.app_id, config.topics.clicks, exc)
+    return dataclasses.replace(config, input_incarnation=clicks_id)
 
 
 def run_worker(config: WorkerConfig) -> int:
@@ -23,7 +50,7 @@ def run_worker(config: WorkerConfig) -> int:
     runtime = ScorerRuntime(config.scorer, step_budget_s=config.step_budget_s, scorer_sha256=config.scorer_sha256)
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     ensure_worker_topics(config)
-    (config.data_dir / config.worker_id).mkdir(parents=True, exist_ok=True)
+    config = check_state_origin(config)
     if should_apply_fix(config.kafka.bootstrap, config.embedded_broker_fix, config.kafka.extra):
         install_end_offset_fix()
         log.info("embedded broker detected: end-offset fix installed")

@@ -2,8 +2,10 @@
 
 Keys in the partition's RocksDB database (and its changelog):
 - ``i:<item_id>``  -> the item's sparse ring of slot counts (`streams.windows` encoding);
-- ``m:applied:<source partition>`` -> the last source offset whose deltas are in the rings, so
-  re-delivered deltas (after a crash, before the offset commit) are skipped, not counted twice;
+- ``m:applied:<input incarnation>:<source partition>`` -> the last source offset whose deltas are in the
+  rings, so re-delivered deltas (after a crash, before the offset commit) are skipped, not counted twice;
+  kept per incarnation of the input topic (its topic id), so a re-created topic is counted from offset 0;
+- ``m:geometry`` -> the window geometry the rings were built with; another one is refused;
 - ``m:wm:<source partition>`` -> that source's max event time, from which the watermark is derived;
 - ``m:next`` -> the next scoring boundary slot (every boundary before it has been scored).
 `PartitionState.apply_deltas` computes what to write without changing anything; the caller
@@ -32,6 +34,7 @@ RING_PREFIX = b"i:"
 APPLIED_PREFIX = b"m:applied:"
 WATERMARK_PREFIX = b"m:wm:"
 NEXT_BOUNDARY_KEY = b"m:next"
+GEOMETRY_KEY = b"m:geometry"
 MAX_BOUNDARIES_PER_CALL = 16     # catch-up is spread over calls so one call never blocks the event loop long
 FIRST_SIGHT_WINDOWS = 4          # a new partition state scores at most this many windows of history back
 
@@ -79,8 +82,10 @@ def parse_stored_int(key: bytes, value: bytes) -> int:
 
 class PartitionState:
     def __init__(self, partition: int, db, spec: WindowSpec, n_sources: int, max_candidates: int = 10_000,
-                 idle_timeout_s: float = 0.0, now_s: float | None = None) -> None:
+                 idle_timeout_s: float = 0.0, now_s: float | None = None, input_incarnation: str = "") -> None:
         self.partition = partition
+        self.applied_prefix = APPLIED_PREFIX + input_incarnation.encode() + b":"
+        self.geometry = f"{spec.slot_s}/{spec.bucket_s}/{spec.n_buckets}".encode()
         self.db = db
         self.spec = spec
         self.n_sources = n_sources
@@ -92,6 +97,7 @@ class PartitionState:
         self.next_boundary: int | None = None     # next boundary to snapshot (in memory, runs ahead)
         self.committed_next: int | None = None    # next boundary not yet scored and committed
         self.max_data_slot: int | None = None     # newest slot holding a count (empty windows after it)
+        self.last_watermark_slot: int | None = None
         self.hitters = HeavyHitters(max_candidates)
         self._load_meta()
         self._seed_from_rings()
@@ -101,8 +107,13 @@ class PartitionState:
         return None if value is None else parse_stored_int(key, value)
 
     def _load_meta(self) -> None:
+        geometry = self.db.get(GEOMETRY_KEY)
+        if geometry is not None and geometry != self.geometry:
+            raise StateCorrupt(f"partition {self.partition} holds rings built with window (slot_s/bucket_s/n_buckets)"
+                               f" {geometry.decode(errors='replace')}, this worker has {self.geometry.decode()}; start "
+                               "with the old window settings, or use another --app-id for the new one")
         for source in range(self.n_sources):
-            applied = self._stored_int(APPLIED_PREFIX + str(source).encode())
+            applied = self._stored_int(self.applied_prefix + str(source).encode())
             if applied is not None:
                 self.applied[source] = applied
             watermark = self._stored_int(WATERMARK_PREFIX + str(source).encode())
@@ -146,12 +157,13 @@ class PartitionState:
         if next_boundary is None:
             next_boundary = update.first_boundary = self.first_boundary(slots, watermark_ms)
             update.writes[NEXT_BOUNDARY_KEY] = str(next_boundary).encode()
+            update.writes[GEOMETRY_KEY] = self.geometry
         update.applied_events = int(counts.sum())
         update.late_events = int(counts[slots < next_boundary - 1].sum())
         update.max_data_slot = int(slots.max())
         update.writes.update(self._merged_rings(items, slots, counts, update))
         update.applied_offset = int(offsets.max())
-        update.writes[APPLIED_PREFIX + str(source).encode()] = str(update.applied_offset).encode()
+        update.writes[self.applied_prefix + str(source).encode()] = str(update.applied_offset).encode()
         return update
 
     def first_boundary(self, slots: np.ndarray, watermark_ms: int) -> int:
@@ -235,11 +247,17 @@ class PartitionState:
         return None if waiting else active
 
     def watermark_slot(self, now_s: float | None = None) -> int | None:
-        """Last boundary the watermark has crossed; None until the sources that count have reported."""
+        """Last boundary the watermark has crossed; None until the sources that count have reported.
+
+        Never goes back: when every source has gone idle, the last watermark stands (catch-up of the
+        boundaries it already allows goes on).
+        """
         sources = self.active_sources(now_s)
-        if not sources:
-            return None
-        return self.spec.watermark_slot(min(self.source_max_ts_ms[s] for s in sources))
+        if sources:
+            slot = self.spec.watermark_slot(min(self.source_max_ts_ms[s] for s in sources))
+            if self.last_watermark_slot is None or slot > self.last_watermark_slot:
+                self.last_watermark_slot = slot
+        return self.last_watermark_slot
 
     def reach_slot(self, idle: bool = False, now_s: float | None = None) -> int | None:
         """Last boundary that may be scored. `idle`: the stream went quiet, close what the data reached."""

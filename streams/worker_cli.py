@@ -88,6 +88,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--min-event-time", type=event_time_ms, default=WorkerConfig.min_ts_ms, metavar="DATE|MS",
                         help="reject events before this time (ISO date or epoch ms; default 2000-01-01); "
                         "replaying older logs such as ml-100k (1997-98) needs e.g. 1990-01-01")
+    parser.add_argument("--recovery-give-up-s", type=float, default=WorkerConfig.recovery_give_up_s,
+                        help="if table recovery makes no progress for this long, exit with code 70 so a "
+                        "supervisor restarts the worker (0: wait forever; it is logged after 60 s either way)")
     parser.add_argument("--source-idle-timeout-s", type=float, default=WorkerConfig.source_idle_timeout_s,
                         help="an input partition silent for this many wall-clock seconds stops holding back "
                         "the watermark until it sends again (0: never; default %(default)s)")
@@ -116,7 +119,8 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         partitions=args.partitions, spec=window_spec_from_args(args), top_k=args.top_k,
         max_candidates=args.max_candidates,
         data_dir=args.data_dir, batch_max_messages=args.batch_max_messages, idle_flush_s=args.idle_flush_s,
-        max_future_s=args.max_future_s, min_ts_ms=args.min_event_time, source_idle_timeout_s=args.source_idle_timeout_s,
+        max_future_s=args.max_future_s, min_ts_ms=args.min_event_time,
+        recovery_give_up_s=args.recovery_give_up_s, source_idle_timeout_s=args.source_idle_timeout_s,
         scorer=args.scorer, scorer_sha256=args.scorer_sha256, step_budget_s=args.step_budget_s,
         embedded_broker_fix=args.embedded_broker_fix,
         worker_id=args.worker_id, log_level=args.log_level)

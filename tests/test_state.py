@@ -142,3 +142,43 @@ def test_scoring_snapshot_covers_only_candidates_and_survives_a_reload(tmp_path)
     apply(state, db, 0, 0, DeltaColumns([3, 4, 5], ["hot", "warm", "cold"], [4, 4, 4], [9, 5, 1]))
     assert state.snapshot().item_ids == ["hot", "warm"]
     assert PartitionState(0, db, SPEC, n_sources=1, max_candidates=2).snapshot().item_ids == ["hot", "warm"]
+
+
+def test_an_idle_source_stops_holding_the_watermark_and_rejoins_when_it_sends(tmp_path):
+    db = open_db(tmp_path / "p0")
+    state = PartitionState(0, db, SPEC, n_sources=2, idle_timeout_s=10, now_s=0.0)
+    update = state.apply_deltas(0, 30 * 60_000, DeltaColumns([0], ["a"], [3], [1]))
+    state.accept(update, now_s=1.0)
+    assert state.watermark_slot(now_s=5.0) is None            # source 1 may still report
+    assert state.watermark_slot(now_s=10.5) == 29              # source 1 never spoke: idle
+    state.accept(state.apply_deltas(1, 12 * 60_000, DeltaColumns()), now_s=11.0)
+    assert state.watermark_slot(now_s=11.5) == 29              # rejoined behind: the watermark never goes back
+    state.accept(state.apply_deltas(1, 40 * 60_000, DeltaColumns()), now_s=12.0)
+    state.accept(state.apply_deltas(0, 45 * 60_000, DeltaColumns()), now_s=12.0)
+    assert state.watermark_slot(now_s=12.5) == 39              # both active: the minimum again
+    state.accept(state.apply_deltas(0, 60 * 60_000, DeltaColumns()), now_s=30.0)
+    assert state.watermark_slot(now_s=30.5) == 59              # source 1 idle again since 12.0
+    for boundary in state.due_boundaries(now_s=30.5, limit=100):
+        state.mark_scored(boundary)
+    update = state.apply_deltas(1, 41 * 60_000, DeltaColumns([1], ["late"], [40], [2]))
+    assert update.late_events == 2 and update.applied_events == 2   # behind the watermark: counted, reported late
+
+
+def test_an_event_from_years_ago_does_not_make_every_slot_since_due(tmp_path):
+    db = open_db(tmp_path / "p0")
+    state = PartitionState(0, db, SPEC, n_sources=1)
+    now_slot = 10_000_000
+    update = apply(state, db, 0, now_slot * 60_000, DeltaColumns([0, 0], ["old", "new"], [5, now_slot], [1, 1]))
+    assert update.late_events == 1 and update.applied_events == 2
+    assert len(state.due_boundaries()) <= 16
+    assert state.next_boundary >= now_slot - 4 * SPEC.window_slots
+
+
+def test_empty_windows_after_a_gap_are_one_progress_report(tmp_path):
+    db = open_db(tmp_path / "p0")
+    state = PartitionState(0, db, SPEC, n_sources=1)
+    apply(state, db, 0, 5 * 60_000, DeltaColumns([0], ["a"], [4], [1]))
+    for boundary in range(5, 5 + SPEC.window_slots + 1):
+        state.mark_scored(boundary)
+    apply(state, db, 0, 10_000 * 60_000, DeltaColumns())
+    assert state.empty_until(state.reach_slot()) == state.reach_slot()
