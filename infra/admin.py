@@ -109,7 +109,8 @@ def topic_ids(settings: KafkaSettings, names: list[str], timeout: float = 10.0) 
     """Each existing topic's id (a new id each time a topic is created: it tells incarnations apart)."""
     from confluent_kafka import TopicCollection
 
-    futures = admin_client(settings).describe_topics(TopicCollection(list(names)), request_timeout=timeout)
+    client = admin_client(settings)   # held until the futures resolve: a destroyed handle fails them
+    futures = client.describe_topics(TopicCollection(list(names)), request_timeout=timeout)
     ids = {}
     for name, future in futures.items():
         try:
@@ -125,5 +126,6 @@ def rewind_group(settings: KafkaSettings, group: str, topic: str, partitions: in
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
     request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p, 0) for p in range(partitions)])
-    for future in admin_client(settings).alter_consumer_group_offsets([request], request_timeout=timeout).values():
+    client = admin_client(settings)
+    for future in client.alter_consumer_group_offsets([request], request_timeout=timeout).values():
         future.result()
