@@ -103,7 +103,10 @@ def test_an_idle_input_partition_does_not_stop_the_output(make_replay, unique_to
     values = [(3, b"k", orjson.dumps({"item_id": "quiet", "ts": base}))]
     values += [(p, b"k", orjson.dumps({"item_id": f"i{p}-{k % 4}", "ts": base + k * 60_000}))
                for k in range(18 * 60) for p in range(3)]
-    produce_to(replay, replay.topics["clicks"], values)
+    produce_to(replay, replay.topics["clicks"], values[:1])
+    for start in range(1, len(values), 270):   # the other three keep sending, for ~10 s of wall clock
+        produce_to(replay, replay.topics["clicks"], values[start:start + 270])
+        time.sleep(0.5)
     records = wait_for_step(replay, base + 17 * HOUR_MS, timeout_s=60)
     assert worker.alive() and records
     # partition 3 comes back behind the watermark: counted and reported late, and steps go on
