@@ -32,7 +32,7 @@ ORIGIN_FILE = "origin.json"
 STATE_DIR = "v1"     # faust's folder for app version 1 under the worker's data dir
 
 
-class OriginMismatch(RuntimeError):
+class OriginMismatch(ValueError):
     """The local state was built for another window geometry; starting would misread it."""
 
 
