@@ -267,6 +267,7 @@ class Pipeline:
             self.counters.last_counted_at = time.time()
         self.counters.late += update.late_events
         self.counters.redelivered_skipped += update.skipped_entries
+        self.counters.duplicates += update.duplicate_events
 
     def snapshot_due(self, state: PartitionState, idle: bool) -> list[ScoringJob]:
         """Scoring jobs for the due boundaries (at most a bounded number per call; the rest stay due),

@@ -46,6 +46,17 @@ class DeltaColumns:
     items: list[str] = field(default_factory=list)
     slots: list[int] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
+    event_ids: list[str | None] = field(default_factory=list)   # one per entry (None: aggregated), or empty
+
+    def append(self, offset: int, item_id: str, slot: int, count: int, event_id: str | None) -> None:
+        self.offsets.append(offset)
+        self.items.append(item_id)
+        self.slots.append(slot)
+        self.counts.append(count)
+        if event_id is not None and len(self.event_ids) < len(self.offsets) - 1:
+            self.event_ids.extend([None] * (len(self.offsets) - 1 - len(self.event_ids)))
+        if event_id is not None or self.event_ids:
+            self.event_ids.append(event_id)
 
 
 @dataclass
@@ -92,16 +103,20 @@ class DeltaRouter:
         return [e for e in events if e.event_id is None or not seen(e.event_id)]
 
     def _add_message(self, deltas: dict, source: int, offset: int, events: list[ClickEvent]) -> None:
+        """Events without an id are aggregated per (item, slot); events with one travel one by one, so the
+        item's partition owner can drop an id it has stored (de-duplication across workers and restarts)."""
         slot_ms = self.spec.slot_ms
         per_key: dict[tuple[str, int], int] = defaultdict(int)
+        identified = []
         for event in events:
-            per_key[(event.item_id, event.ts_ms // slot_ms)] += 1
+            if event.event_id is None:
+                per_key[(event.item_id, event.ts_ms // slot_ms)] += 1
+            else:
+                identified.append((event.item_id, event.ts_ms // slot_ms, event.event_id))
         for (item_id, slot), count in per_key.items():
-            columns = deltas[(source, self.partition_of(item_id))]
-            columns.offsets.append(offset)
-            columns.items.append(item_id)
-            columns.slots.append(slot)
-            columns.counts.append(count)
+            deltas[(source, self.partition_of(item_id))].append(offset, item_id, slot, count, None)
+        for item_id, slot, event_id in identified:
+            deltas[(source, self.partition_of(item_id))].append(offset, item_id, slot, 1, event_id)
 
 
 class InvalidInternalMessage(ValueError):
@@ -130,9 +145,12 @@ def encode_deltas(source: int, watermark_ms: int, columns: DeltaColumns | None) 
 
 
 def _encode_part(source: int, watermark_ms: int, columns: DeltaColumns, start: int, stop: int) -> bytes:
-    return orjson.dumps({"src": source, "wm": watermark_ms, "o": columns.offsets[start:stop],
-                         "i": columns.items[start:stop], "s": columns.slots[start:stop],
-                         "c": columns.counts[start:stop]})
+    body = {"src": source, "wm": watermark_ms, "o": columns.offsets[start:stop], "i": columns.items[start:stop],
+            "s": columns.slots[start:stop], "c": columns.counts[start:stop]}
+    event_ids = columns.event_ids[start:stop]
+    if any(event_id is not None for event_id in event_ids):
+        body["e"] = event_ids + [None] * (stop - start - len(event_ids))
+    return orjson.dumps(body)
 
 
 def decode_deltas(value: bytes | None, n_sources: int, max_ts_ms: int) -> tuple[int, int, DeltaColumns]:
@@ -149,7 +167,8 @@ def decode_deltas(value: bytes | None, n_sources: int, max_ts_ms: int) -> tuple[
         raise InvalidInternalMessage(f"deltas source partition {source!r} is not in [0, {n_sources})")
     if type(watermark) is not int or not -1 <= watermark <= max_ts_ms:
         raise InvalidInternalMessage(f"deltas watermark {watermark!r} is not an event time up to {max_ts_ms}")
-    columns = DeltaColumns(body.get("o", []), body.get("i", []), body.get("s", []), body.get("c", []))
+    columns = DeltaColumns(body.get("o", []), body.get("i", []), body.get("s", []), body.get("c", []),
+                           body.get("e", []))
     _check_columns(columns, max_ts_ms)
     return source, watermark, columns
 
@@ -168,3 +187,8 @@ def _check_columns(columns: DeltaColumns, max_ts_ms: int) -> None:
         raise InvalidInternalMessage("deltas slots must be non-negative integers not beyond the latest event time")
     if not all(type(c) is int and 0 < c < 2**31 for c in columns.counts):
         raise InvalidInternalMessage("deltas counts must be positive integers below 2^31")
+    ids = columns.event_ids
+    if not isinstance(ids, list) or (ids and len(ids) != len(columns.offsets)):
+        raise InvalidInternalMessage("deltas event ids must be a list as long as the entries")
+    if not all(i is None or (type(i) is str and 0 < len(i) <= 256) for i in ids):
+        raise InvalidInternalMessage("deltas event ids must be null or strings of 1 to 256 characters")

@@ -6,6 +6,9 @@ Keys in the partition's RocksDB database (and its changelog):
   rings, so re-delivered deltas (after a crash, before the offset commit) are skipped, not counted twice;
   kept per incarnation of the input topic (its topic id), so a re-created topic is counted from offset 0;
 - ``m:geometry`` -> the window geometry the rings were built with; another one is refused;
+- ``e:<event_id>`` -> the slot of a counted event that carried an id: a repeat of the id is dropped as a
+  duplicate, whichever worker read it and across restarts, while that slot is in the window (the ids are
+  deleted once every bucket, when their slot leaves it);
 - ``m:wm:<source partition>`` -> that source's max event time, from which the watermark is derived;
 - ``m:next`` -> the next scoring boundary slot (every boundary before it has been scored).
 `PartitionState.apply_deltas` computes what to write without changing anything; the caller
@@ -34,6 +37,7 @@ RING_PREFIX = b"i:"
 APPLIED_PREFIX = b"m:applied:"
 WATERMARK_PREFIX = b"m:wm:"
 NEXT_BOUNDARY_KEY = b"m:next"
+EVENT_ID_PREFIX = b"e:"
 GEOMETRY_KEY = b"m:geometry"
 MAX_BOUNDARIES_PER_CALL = 16     # catch-up is spread over calls so one call never blocks the event loop long
 FIRST_SIGHT_WINDOWS = 4          # a new partition state scores at most this many windows of history back
@@ -51,6 +55,7 @@ class StateUpdate:
     writes: dict[bytes, bytes] = field(default_factory=dict)
     applied_events: int = 0
     skipped_entries: int = 0       # re-delivered input, already counted
+    duplicate_events: int = 0      # events whose id is stored already
     late_events: int = 0           # counted, but their slot was already scored (or older than the window)
     source_max_ts_ms: int | None = None
     applied_offset: int | None = None
@@ -153,6 +158,13 @@ class PartitionState:
         items = np.asarray(columns.items, dtype=object)[fresh]
         slots = np.asarray(columns.slots, dtype=np.int64)[fresh]
         counts = np.asarray(columns.counts, dtype=np.int64)[fresh]
+        update.applied_offset = int(offsets.max())
+        update.writes[self.applied_prefix + str(source).encode()] = str(update.applied_offset).encode()
+        if columns.event_ids:
+            first = self._first_sightings(np.asarray(columns.event_ids, dtype=object)[fresh], slots, update)
+            items, slots, counts = items[first], slots[first], counts[first]
+            if not len(items):
+                return update
         next_boundary = self.next_boundary
         if next_boundary is None:
             next_boundary = update.first_boundary = self.first_boundary(slots, watermark_ms)
@@ -162,9 +174,20 @@ class PartitionState:
         update.late_events = int(counts[slots < next_boundary - 1].sum())
         update.max_data_slot = int(slots.max())
         update.writes.update(self._merged_rings(items, slots, counts, update))
-        update.applied_offset = int(offsets.max())
-        update.writes[self.applied_prefix + str(source).encode()] = str(update.applied_offset).encode()
         return update
+
+    def _first_sightings(self, event_ids: np.ndarray, slots: np.ndarray, update: StateUpdate) -> np.ndarray:
+        """Mask of the entries to count: those without an id, and the first sighting of each id."""
+        keep = np.ones(len(event_ids), dtype=bool)
+        rows = [k for k, event_id in enumerate(event_ids) if event_id is not None]
+        keys = [EVENT_ID_PREFIX + event_ids[k].encode() for k in rows]
+        for k, key, stored in zip(rows, keys, self.db.get(keys), strict=True):
+            if stored is not None or key in update.writes:
+                keep[k] = False
+            else:
+                update.writes[key] = str(int(slots[k])).encode()
+        update.duplicate_events = int((~keep).sum())
+        return keep
 
     def first_boundary(self, slots: np.ndarray, watermark_ms: int) -> int:
         """The first boundary: after the first data, but at most FIRST_SIGHT_WINDOWS windows behind the
@@ -290,9 +313,24 @@ class PartitionState:
         # weights halve over one bucket: the summary follows what the forecast window sees
         self.hitters.decay(0.5 ** (min(steps, 4 * self.spec.slots_per_bucket) / self.spec.slots_per_bucket))
 
-    def commit_scored(self, boundary: int) -> dict[bytes, bytes]:
-        """The boundary's candidates are sent: the keys recording that it never needs scoring again."""
-        return {NEXT_BOUNDARY_KEY: str(max(self.committed_next or boundary + 1, boundary + 1)).encode()}
+    def commit_scored(self, boundary: int) -> dict[bytes, bytes | None]:
+        """The boundary's candidates are sent: the keys recording that it never needs scoring again (and,
+        once a bucket, the deletion of event ids whose slot has left the window)."""
+        writes: dict[bytes, bytes | None] = {
+            NEXT_BOUNDARY_KEY: str(max(self.committed_next or boundary + 1, boundary + 1)).encode()}
+        if boundary % self.spec.slots_per_bucket == 0:
+            writes.update(self.expired_event_ids(boundary + 1 - self.spec.window_slots))
+        return writes
+
+    def expired_event_ids(self, oldest_slot: int) -> dict[bytes, None]:
+        """Deletions of the stored event ids whose slot is before `oldest_slot`."""
+        expired = {}
+        for key, value in self.db.items(from_key=EVENT_ID_PREFIX):
+            if not key.startswith(EVENT_ID_PREFIX):
+                break
+            if int(value) < oldest_slot:
+                expired[key] = None
+        return expired
 
     def accept_scored(self, boundary: int) -> None:
         """`commit_scored`'s keys are stored."""

@@ -182,3 +182,19 @@ def test_empty_windows_after_a_gap_are_one_progress_report(tmp_path):
         state.mark_scored(boundary)
     apply(state, db, 0, 10_000 * 60_000, DeltaColumns())
     assert state.empty_until(state.reach_slot()) == state.reach_slot()
+
+
+def test_a_repeated_event_id_is_counted_once_whichever_worker_read_it_and_expires_with_the_window(tmp_path):
+    db = open_db(tmp_path / "p0")
+    state = PartitionState(0, db, SPEC, n_sources=2)
+    first = DeltaColumns([0, 0], ["a", "a"], [3, 3], [1, 1], ["e1", "e2"])
+    assert apply(state, db, 0, 3 * 60_000, first).applied_events == 2
+    # the same ids again, read by another worker from another source partition, one new id among them
+    again = DeltaColumns([7, 7, 7], ["a", "a", "a"], [3, 3, 4], [1, 1, 1], ["e1", "e2", "e3"])
+    update = apply(state, db, 1, 4 * 60_000, again)
+    assert (update.applied_events, update.duplicate_events) == (1, 2)
+    reloaded = PartitionState(0, db, SPEC, n_sources=2)   # a restart: the ids are in the store
+    update = reloaded.apply_deltas(1, 4 * 60_000, DeltaColumns([8], ["a"], [4], [1], ["e3"]))
+    assert (update.applied_events, update.duplicate_events) == (0, 1)
+    expiry = reloaded.expired_event_ids(oldest_slot=4)
+    assert set(expiry) == {b"e:e1", b"e:e2"}
