@@ -24,6 +24,7 @@ import asyncio
 import functools
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from streams.config import WorkerConfig
 from streams.deltas import DeltaRouter, InvalidInternalMessage, decode_deltas, encode_deltas
 from streams.events import Rejection, dlq_record, latest_acceptable_ts_ms
 from streams.merge import CandidatesMessage, MergeProgress, pending_key, record_id
-from streams.recovery_watch import RecoveryWatch
+from streams.recovery_watch import RecoveryStalled, RecoveryWatch
 from streams.scorer_runtime import ScorerRuntime
 from streams.scoring_loop import (
     features_at,
@@ -128,11 +129,6 @@ def create_app(config: WorkerConfig, runtime: ScorerRuntime) -> faust.App:
     async def flush_idle_partitions():
         await stop(pipeline.flush_idle)
 
-    @app.timer(1.0)
-    async def write_status():
-        await stop(pipeline.watch_recovery)
-        pipeline.write_status()
-
     @app.timer(10.0)
     async def log_progress():
         pipeline.log_progress()
@@ -168,10 +164,13 @@ class Pipeline:
         self.deltas_topic = app.topic(config.deltas_topic, partitions=config.partitions, internal=True, **raw)
         self.items_topic = app.topic(topics.items, partitions=config.partitions, **raw)
         self.candidates_topic = app.topic(config.candidates_topic, partitions=1, internal=True, **raw)
-        raw_schema = faust.Schema(key_type=bytes, value_type=bytes, **raw)
-        self.counts_table = app.Table(config.table_name, partitions=config.partitions, schema=raw_schema)
-        self.items_table = app.Table("items", partitions=config.partitions, schema=raw_schema)
-        self.merge_table = app.Table("merge", partitions=1, schema=raw_schema)
+        # key_type/value_type bytes, not only the schema: faust derives the changelog topic's serializers from
+        # them, and with its json default table recovery failed to decode every record and waited forever
+        raw_table = {"key_type": bytes, "value_type": bytes,
+                     "schema": faust.Schema(key_type=bytes, value_type=bytes, **raw)}
+        self.counts_table = app.Table(config.table_name, partitions=config.partitions, **raw_table)
+        self.items_table = app.Table("items", partitions=config.partitions, **raw_table)
+        self.merge_table = app.Table("merge", partitions=1, **raw_table)
         self.writer = TableWriter(app)
         self.router = DeltaRouter(config.partitions, config.spec, config.dedup_capacity)
         self.states: dict[int, PartitionState] = {}
@@ -197,9 +196,28 @@ class Pipeline:
                 logging.shutdown()
                 os._exit(70)
 
-    async def watch_recovery(self) -> None:
-        """Recovery state for the status file; raises (and so stops the worker) when it is stuck for good."""
-        self.recovery_state = self.recovery_watch.check(self.app.tables.recovery)
+    def start_status_thread(self, interval_s: float = 1.0) -> threading.Thread:
+        """Write the status file every `interval_s` from a thread of its own: faust runs no timer while it
+        recovers tables, and that is when an operator most needs to see what the worker does."""
+        def loop() -> None:
+            while True:
+                time.sleep(interval_s)
+                self.watch_recovery()
+                self.write_status()
+
+        thread = threading.Thread(target=loop, name="trail-status", daemon=True)
+        thread.start()
+        return thread
+
+    def watch_recovery(self) -> None:
+        """Recovery state for the status file; stops the worker (exit 70) when it made no progress for good."""
+        try:
+            self.recovery_state = self.recovery_watch.check(self.app.tables.recovery)
+        except RecoveryStalled as exc:
+            log.critical("trail: %s; stopping the worker so that a restart recovers afresh", exc)
+            self.write_status(failed="recovery")
+            logging.shutdown()
+            os._exit(70)
 
     # --- stage 1 ---------------------------------------------------------------------------------------
 
@@ -449,8 +467,11 @@ class Pipeline:
         """The status file operators and benches read: counters, scorer, owned partitions (atomic replace)."""
         path = self.config.status_path
         path.parent.mkdir(parents=True, exist_ok=True)
-        assigned = sorted(tp.partition for tp in self.app.consumer.assignment()
-                          if tp.topic == self.config.topics.clicks)
+        try:
+            assigned = sorted(tp.partition for tp in set(self.app.consumer.assignment())
+                              if tp.topic == self.config.topics.clicks)
+        except RuntimeError:   # the assignment changed while read from the status thread: next time
+            return
         write_atomic_private(path, orjson.dumps({
             **self.counters.as_dict(), "scorer": self.runtime.scorer.name, "scorer_fallbacks": self.runtime.fallbacks,
             "assigned": assigned, **self.recovery_state, "written_at": time.time(),

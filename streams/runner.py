@@ -55,6 +55,7 @@ def run_worker(config: WorkerConfig) -> int:
         install_end_offset_fix()
         log.info("embedded broker detected: end-offset fix installed")
     app = create_app(config, runtime)
+    app.trail_pipeline.start_status_thread()
 
     @app.task
     async def drop_default_monitor() -> None:
