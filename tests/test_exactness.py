@@ -3,6 +3,7 @@ from, write groups applied whole, and a merging worker killed at any point losin
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 
@@ -129,3 +130,22 @@ def test_a_merging_worker_killed_at_random_moments_loses_no_step(make_replay, un
     for record in records:   # a step emitted twice is the same records, with the same ids
         body = orjson.dumps({k: v for k, v in record.items() if k != "generated_at"}, option=orjson.OPT_SORT_KEYS)
         assert first_copy.setdefault(record["record_id"], body) == body
+
+
+def test_a_worker_whose_local_state_is_lost_rebuilds_it_from_the_changelog(make_replay, unique_topic, tmp_path):
+    """The recovery-hang regression: recovery that has to read changelog records must finish, exactly."""
+    events = make_events(3000, n_items=8, days=20, seed=36)
+    replay = make_replay(unique_topic("wiped"), tmp_path, top_k=8)
+    worker = replay.start_worker()
+    replay.wait_assigned()
+    replay.produce(events[:1500])
+    worker.wait_for(lambda s: s.get("counted", 0) >= 1500, 60, "first half counted")
+    worker.kill()
+    shutil.rmtree(tmp_path / "w1" / "v1")
+    worker = replay.start_worker()
+    status = worker.wait_for(lambda s: s.get("assigned") and s.get("recovering") is False, 90, "recovered")
+    assert status["counted"] == 0
+    replay.produce(events[1500:])
+    records = wait_for_step(replay, last_step_end(events))
+    worker.stop()
+    assert_counts_match_recount(by_step(records), events)

@@ -130,7 +130,8 @@ def test_control_character_ids_and_bad_catalogue_records_go_to_the_dlq(make_repl
         (0, b"d", orjson.dumps({"item_id": "d", "text": "t" * 50_000})),
         (0, None, orjson.dumps({"item_id": "e", "text": "no key"})),
     ])
-    status = worker.wait_for(lambda s: s.get("dlq", 0) + s.get("dlq_internal", 0) >= 6, 60, "rejections")
+    status = worker.wait_for(lambda s: s.get("dlq", 0) + s.get("dlq_internal", 0) >= 6 and s.get("counted", 0) >= 1
+                             and s.get("catalogue_items", 0) >= 1, 60, "every record accounted for")
     assert status["counted"] == 1 and status["dlq"] == 2 and status["dlq_internal"] == 4
     assert status["catalogue_items"] == 1
 
