@@ -319,8 +319,24 @@ class PartitionState:
         writes: dict[bytes, bytes | None] = {
             NEXT_BOUNDARY_KEY: str(max(self.committed_next or boundary + 1, boundary + 1)).encode()}
         if boundary % self.spec.slots_per_bucket == 0:
-            writes.update(self.expired_event_ids(boundary + 1 - self.spec.window_slots))
+            oldest_slot = boundary + 1 - self.spec.window_slots
+            writes.update(self.expired_event_ids(oldest_slot))
+            writes.update(self.expired_rings(oldest_slot))
         return writes
+
+    def expired_rings(self, oldest_slot: int) -> dict[bytes, None]:
+        """Deletions of the rings whose newest slot is before `oldest_slot`: items no longer touched would
+        otherwise keep their last counts (and a key) for ever. Their summary weight goes with them."""
+        expired = {}
+        size = RING_DTYPE.itemsize
+        for key, value in self.db.items(from_key=RING_PREFIX):
+            if not key.startswith(RING_PREFIX):
+                break
+            if not value or int(decode_ring(value[-size:])["slot"][0]) < oldest_slot:
+                expired[key] = None
+        for key in expired:
+            self.hitters.weights.pop(key[len(RING_PREFIX):].decode(), None)
+        return expired
 
     def expired_event_ids(self, oldest_slot: int) -> dict[bytes, None]:
         """Deletions of the stored event ids whose slot is before `oldest_slot`."""

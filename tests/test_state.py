@@ -198,3 +198,14 @@ def test_a_repeated_event_id_is_counted_once_whichever_worker_read_it_and_expire
     assert (update.applied_events, update.duplicate_events) == (0, 1)
     expiry = reloaded.expired_event_ids(oldest_slot=4)
     assert set(expiry) == {b"e:e1", b"e:e2"}
+
+
+def test_rings_of_items_no_longer_touched_are_deleted_once_they_leave_the_window(tmp_path):
+    db = open_db(tmp_path / "p0")
+    state = PartitionState(0, db, SPEC, n_sources=1)
+    apply(state, db, 0, 2 * 60_000, DeltaColumns([0, 1], ["gone", "kept"], [1, 1], [3, 1]))
+    apply(state, db, 0, 30 * 60_000, DeltaColumns([2], ["kept"], [29], [1]))
+    boundary = 30   # a bucket boundary (5 slots a bucket); the window holds slots 16..30
+    writes = state.commit_scored(boundary)
+    assert writes[b"i:gone"] is None and b"i:kept" not in writes
+    assert "gone" not in state.hitters.candidates()
