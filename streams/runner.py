@@ -62,6 +62,12 @@ def run_worker(config: WorkerConfig) -> int:
         if app.monitor in list(app.sensors):
             app.sensors.remove(app.monitor)
 
-    worker = faust.Worker(app, loglevel=config.log_level, quiet=True, redirect_stdouts=False)
+    services = []
+    if config.metrics_port:
+        from streams.http_server import HttpService
+
+        # a service of the Worker, started before the app, so /readyz answers during table recovery
+        services.append(HttpService(app.trail_pipeline, config.metrics_host, config.metrics_port))
+    worker = faust.Worker(app, *services, loglevel=config.log_level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0
