@@ -170,10 +170,13 @@ class Pipeline:
         self.deltas_topic = app.topic(config.deltas_topic, partitions=config.partitions, internal=True, **raw)
         self.items_topic = app.topic(topics.items, partitions=config.partitions, **raw)
         self.candidates_topic = app.topic(config.candidates_topic, partitions=1, internal=True, **raw)
-        raw_schema = faust.Schema(key_type=bytes, value_type=bytes, **raw)
-        self.counts_table = app.Table(config.table_name, partitions=config.partitions, schema=raw_schema)
-        self.items_table = app.Table("items", partitions=config.partitions, schema=raw_schema)
-        self.merge_table = app.Table("merge", partitions=1, schema=raw_schema)
+        # key_type/value_type too: faust picks the changelog's serializers from them, not from the schema
+        # (json otherwise, and recovery without local state could not decode a single changelog key)
+        raw_table = {"schema": faust.Schema(key_type=bytes, value_type=bytes, **raw), "key_type": bytes,
+                     "value_type": bytes}
+        self.counts_table = app.Table(config.table_name, partitions=config.partitions, **raw_table)
+        self.items_table = app.Table("items", partitions=config.partitions, **raw_table)
+        self.merge_table = app.Table("merge", partitions=1, **raw_table)
         self.writer = TableWriter(app)
         self.router = DeltaRouter(config.partitions, config.spec, config.dedup_capacity)
         self.states: dict[int, PartitionState] = {}
