@@ -22,6 +22,7 @@ import pytest
 from infra.procs import free_port, log_tail, stop_child
 
 CHROMIUM_NAMES = ("chromium-headless-shell", "chromium", "chromium-browser")
+DASHBOARD = Path(__file__).resolve().parent.parent / "infra" / "grafana" / "dashboards" / "trail.json"
 
 
 def binary_or_skip(*names: str) -> str:
@@ -31,6 +32,11 @@ def binary_or_skip(*names: str) -> str:
             return path
     pytest.skip(f"{' / '.join(names)} not installed (Debian: apt-get install prometheus chromium-headless-shell; "
                 "`make install` does it as root)")
+
+
+def dashboard_exprs() -> list[str]:
+    """Every PromQL query of the Grafana dashboard shipped in infra/."""
+    return [target["expr"] for panel in json.loads(DASHBOARD.read_text())["panels"] for target in panel["targets"]]
 
 
 def get_json(url: str, timeout_s: float = 3.0) -> tuple[int, dict]:

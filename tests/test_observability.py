@@ -20,6 +20,7 @@ from tests.observekit import (
     CHROMIUM_NAMES,
     PrometheusServer,
     binary_or_skip,
+    dashboard_exprs,
     dump_dom,
     get_json,
     poll,
@@ -79,6 +80,9 @@ def test_prometheus_reads_back_counters_equal_to_the_worker_status(make_replay, 
             return (status, scraped) if matches else None
 
         status, scraped = poll(scraped_equals_status, 60, "Prometheus values equal to status.json")
+        # every query of the Grafana dashboard in infra/ parses and has data for this worker
+        empty = [expr for expr in dashboard_exprs() if not prometheus.query(expr)]
+        assert not empty, f"dashboard queries without data: {empty}"
     assert status["counted"] == status["events"] == len(events) and status["duplicates"] == 100
     assert status["dlq_by_reason"] == {"malformed": 1, "schema": 1}
     assert status["steps_scored"] == len(by_step(records)) > 0
