@@ -56,6 +56,15 @@ class RateMeter:
         return {f"{name}_per_s": round((last[name] - first[name]) / (t1 - t0), 1) for name in self.FIELDS}
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a taken port before the worker touches Kafka (ValueError: one error line, exit code 2)."""
+    from infra.procs import port_in_use
+
+    if port_in_use(host, port):
+        raise ValueError(f"--metrics-port {port}: {host}:{port} is already in use; pick another port "
+                         f"(or stop what listens there)")
+
+
 def json_response(body: dict, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
