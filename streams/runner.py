@@ -46,6 +46,10 @@ def run_worker(config: WorkerConfig) -> int:
     from streams.scorer_runtime import ScorerRuntime
     from streams.topics import ensure_worker_topics
 
+    if config.metrics_port:
+        from streams.http_server import check_port_free
+
+        check_port_free(config.metrics_host, config.metrics_port)
     # the scorer first: a bundle other than the pinned one stops the worker before it touches Kafka
     runtime = ScorerRuntime(config.scorer, step_budget_s=config.step_budget_s, scorer_sha256=config.scorer_sha256)
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
@@ -63,6 +67,12 @@ def run_worker(config: WorkerConfig) -> int:
         if app.monitor in list(app.sensors):
             app.sensors.remove(app.monitor)
 
-    worker = faust.Worker(app, loglevel=config.log_level, quiet=True, redirect_stdouts=False)
+    services = []
+    if config.metrics_port:
+        from streams.http_server import HttpService
+
+        # a service of the Worker, started before the app, so /readyz answers during table recovery
+        services.append(HttpService(app.trail_pipeline, config.metrics_host, config.metrics_port))
+    worker = faust.Worker(app, *services, loglevel=config.log_level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0

@@ -97,6 +97,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--embedded-broker-fix", choices=("auto", "on", "off"), default="auto",
                         help="tansu end-offset shim: auto = only against the embedded broker")
     parser.add_argument("--log-level", default="info")
+    add_http_args(parser)
     parser.set_defaults(func=run)
 
 
@@ -123,11 +124,29 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         recovery_give_up_s=args.recovery_give_up_s, source_idle_timeout_s=args.source_idle_timeout_s,
         scorer=args.scorer, scorer_sha256=args.scorer_sha256, step_budget_s=args.step_budget_s,
         embedded_broker_fix=args.embedded_broker_fix,
-        worker_id=args.worker_id, log_level=args.log_level)
+        worker_id=args.worker_id, log_level=args.log_level,
+        metrics_port=args.metrics_port, metrics_host=args.metrics_host)
+
+
+def add_http_args(parser: argparse.ArgumentParser) -> None:
+    """`trail worker [run|status]`: the HTTP endpoints (streams.http_server) and the status probe."""
+    parser.add_argument("action", nargs="?", choices=("run", "status"), default="run",
+                        help="run the worker (default), or status: ask a running one's /readyz (exit 0 ready, "
+                        "1 alive but not ready, 3 no answer)")
+    parser.add_argument("--metrics-port", "--port", type=int, default=0, metavar="PORT",
+                        help="serve /metrics, /healthz, /readyz and the live trends page on this port "
+                        "(0: off; recommended 9464; `status` asks 9464 when 0)")
+    parser.add_argument("--metrics-host", default="127.0.0.1",
+                        help="address to serve on (0.0.0.0 in a container, for probes and scrapers)")
 
 
 def run(args: argparse.Namespace) -> int:
     from streams.runner import run_worker
+
+    if args.action == "status":
+        from streams.worker_status import print_worker_status
+
+        return print_worker_status(args.metrics_host, args.metrics_port or 9464)
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return run_worker(config_from_args(args))
