@@ -9,6 +9,7 @@ BENCH_MODULES = {
     "ingest": "streams.bench_ingest",
     "score": "export.bench_score",
     "step": "streams.bench_step",
+    "dedup": "streams.bench_dedup",
 }
 
 
