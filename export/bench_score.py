@@ -61,7 +61,7 @@ def synthetic_batch(n_items: int, seed: int = 0, n_buckets: int = 8, text_suffix
     import numpy as np
 
     from models.features import FeatureBatch
-    from streams.windows import WindowSpec
+    from models.windows import WindowSpec
 
     rng = np.random.default_rng(seed)
     spec = WindowSpec(slot_s=86_400, bucket_s=7 * 86_400, n_buckets=n_buckets)

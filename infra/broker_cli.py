@@ -175,9 +175,3 @@ def _status(args: argparse.Namespace, pid_file: Path) -> int:
     if state.s3_pid:
         print(f"s3 emulator: http://{S3_HOST}:{state.s3_port} pid {state.s3_pid}")
     return 0 if answering else 1
-
-
-if __name__ == "__main__":   # python -m infra.broker_cli ... (same as `trail broker ...`)
-    from streams.cli import main
-
-    sys.exit(main(["broker", *sys.argv[1:]]))

@@ -4,7 +4,7 @@ Owns the offline path from events to the `trail backtest --json` object: `featur
 `targets_at` (the training and evaluation data of every learner), `backtest_origins` (one per slot),
 the per-origin evaluation and its summary: pooled metrics with block-bootstrap intervals over origins,
 each method's paired difference against the best baseline with a Diebold-Mariano-style p-value, and
-the same per item segment (cold, rose, rest). Window math is `streams.windows` and the signals are `models.features`,
+the same per item segment (cold, rose, rest). Window math is `models.windows` and the signals are `models.features`,
 the same functions the stream calls, so offline features equal the stream's. Vectorised: events are
 aggregated once per log into (item, slot, count) rows with numpy; loops run per origin or boundary,
 never per event. No Kafka, no plotting (see `models.backtest_report`), no CLI (see `models.backtest_cli`).
@@ -27,7 +27,7 @@ from models import metrics
 from models.datasets import EventLog
 from models.features import FeatureBatch
 from models.scoring import FittableScorer, Scorer
-from streams.windows import WindowSpec, bucket_count_matrix, last_event_slot_matrix
+from models.windows import WindowSpec, bucket_count_matrix, last_event_slot_matrix
 
 # One origin per slot over the last 50 slots: on ml-100k (1-day slots, 7-day buckets) the span of the
 # former 8 weekly origins, 1998-02-26 ... 1998-04-16, so a model's training cutoff stays where it was.

@@ -12,7 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from streams.windows import WindowSpec
+from models.windows import WindowSpec
 
 
 def add_parser(subparsers) -> None:

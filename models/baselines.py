@@ -18,7 +18,7 @@ import numpy as np
 from models.datasets import EventLog
 from models.features import FeatureBatch, feature_matrix, feature_names
 from models.scoring import Scorer, VelocityScorer, template_explanation
-from streams.windows import WindowSpec
+from models.windows import WindowSpec
 
 
 class TemplateExplained:

@@ -25,7 +25,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from streams.windows import MS_PER_S, WindowSpec
+from models.windows import MS_PER_S, WindowSpec
 
 ML100K = "ml-100k"
 # MovieLens-100K: one day is the counting grain, one week the forecasting period (PRODUCT.md).

@@ -1,6 +1,6 @@
 """Per-item trend features at a scoring boundary, shared by the stream's scorer and the backtest.
 
-Input is the bucket-count matrix of `streams.windows` (items x n_buckets, oldest first) plus each
+Input is the bucket-count matrix of `models.windows` (items x n_buckets, oldest first) plus each
 item's last event slot; output is a `FeatureBatch` with the derived trend signals. Vectorised with
 numpy: nothing here loops over events or items in Python. No Kafka, no model code here.
 """
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from streams.windows import WindowSpec
+from models.windows import WindowSpec
 
 # The signals an explanation may cite (trend v1 `signals`), in a fixed order.
 SIGNAL_NAMES = (

@@ -35,7 +35,7 @@ __all__ = ["FittableScorer", "Scorer", "VelocityScorer", "direction_of", "templa
 
 if TYPE_CHECKING:  # typing only: the stream imports this module and never needs the dataset loaders
     from models.datasets import EventLog
-    from streams.windows import WindowSpec
+    from models.windows import WindowSpec
 
 
 @runtime_checkable

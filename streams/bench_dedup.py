@@ -28,9 +28,9 @@ def add_bench_parser(benches) -> None:
 def apply_run(events: int, per_message: int, with_ids: bool, folder: str) -> dict:
     import rocksdict
 
+    from models.windows import WindowSpec
     from streams.deltas import DeltaColumns
     from streams.state import PartitionState
-    from streams.windows import WindowSpec
 
     spec = WindowSpec(slot_s=86_400, bucket_s=7 * 86_400, n_buckets=4, allowed_lateness_s=0)
     db = rocksdict.Rdict(folder, options=rocksdict.Options(raw_mode=True))

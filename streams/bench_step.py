@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 
 from models.features import FeatureBatch
-from streams.windows import WindowSpec
+from models.windows import WindowSpec
 
 
 def add_bench_parser(benches) -> None:

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.kafka_config import KafkaSettings
+from models.windows import WindowSpec
 from streams.events import MIN_TS_MS
-from streams.windows import WindowSpec
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from models.windows import WindowSpec
 from streams.events import MIN_TS_MS, ClickEvent, Rejection, decode_message
 from streams.partitioning import PartitionCache
-from streams.windows import WindowSpec
 
 
 class RecentIds:

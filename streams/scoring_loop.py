@@ -19,8 +19,8 @@ import numpy as np
 from models.faithfulness import check_explanation
 from models.features import FeatureBatch
 from models.scoring import Scorer
+from models.windows import WindowSpec, bucket_count_matrix, last_event_slot_matrix
 from streams.state import Snapshot
-from streams.windows import WindowSpec, bucket_count_matrix, last_event_slot_matrix
 
 
 def features_at(

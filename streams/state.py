@@ -1,7 +1,7 @@
 """Window state of one table partition (stage 2): item rings and the bookkeeping that makes counts exact.
 
 Keys in the partition's RocksDB database (and its changelog):
-- ``i:<item_id>``  -> the item's sparse ring of slot counts (`streams.windows` encoding);
+- ``i:<item_id>``  -> the item's sparse ring of slot counts (`models.windows` encoding);
 - ``m:applied:<input incarnation>:<source partition>`` -> the last source offset whose deltas are in the
   rings, so re-delivered deltas (after a crash, before the offset commit) are skipped, not counted twice;
   kept per incarnation of the input topic (its topic id), so a re-created topic is counted from offset 0;
@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from models.windows import RING_DTYPE, WindowSpec, decode_ring
 from streams.deltas import DeltaColumns
 from streams.heavy_hitters import HeavyHitters
-from streams.windows import RING_DTYPE, WindowSpec, decode_ring
 
 RING_PREFIX = b"i:"
 APPLIED_PREFIX = b"m:applied:"

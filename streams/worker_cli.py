@@ -10,8 +10,8 @@ from pathlib import Path
 
 from export.bundle import PIN_ENV
 from infra.kafka_config import add_kafka_args, settings_from_args
+from models.windows import WindowSpec
 from streams.config import Topics, WorkerConfig
-from streams.windows import WindowSpec
 
 
 def add_window_args(parser: argparse.ArgumentParser) -> None:

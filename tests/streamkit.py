@@ -34,7 +34,7 @@ def make_events(n_events: int, n_items: int, days: int, seed: int = 7) -> list[d
 
 
 def recount(events: list[dict], boundary_slot: int, n_buckets: int, slots_per_bucket: int = 7) -> dict:
-    """Straightforward per-item bucket counts at a boundary (independent of streams.windows)."""
+    """Straightforward per-item bucket counts at a boundary (independent of models.windows)."""
     counts: dict[str, list[int]] = {}
     start = boundary_slot - n_buckets * slots_per_bucket
     seen = set()

@@ -22,8 +22,8 @@ from models.backtest import (
 from models.baselines import EMAScorer, GradientBoostingScorer, MostPopScorer, RecentPopScorer, default_baselines
 from models.datasets import EventLog, load_dataset, sorted_log
 from models.scoring import FittableScorer
+from models.windows import WindowSpec
 from streams.cli import main
-from streams.windows import WindowSpec
 
 DAY_MS = 86_400_000
 METRIC_NAMES = ["mae", "rmsle", "item_ndcg@10", "item_recall@10", "rising_precision"] + [

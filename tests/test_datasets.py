@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from models.datasets import load_dataset
-from streams.windows import WindowSpec
+from models.windows import WindowSpec
 
 SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "click-event.v1.json"
 

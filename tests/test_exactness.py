@@ -14,7 +14,7 @@ from confluent_kafka import Producer
 from infra.admin import TopicSpec, ensure_topics, topic_ids
 from infra.broker import EmbeddedBroker
 from infra.kafka_config import KafkaSettings
-from streams.windows import RING_DTYPE, encode_ring
+from models.windows import RING_DTYPE, encode_ring
 from tests.streamkit import DAY_MS, Replay, by_step, make_events
 from tests.test_stream_e2e import assert_counts_match_recount, last_step_end, wait_for_step
 

@@ -17,8 +17,8 @@ from models.faithfulness import check_explanation
 from models.features import FeatureBatch
 from models.rationales import N_TEMPLATES, rationale
 from models.scoring import template_explanation
+from models.windows import WindowSpec
 from models.wording import item_descriptor, trend_phrase
-from streams.windows import WindowSpec
 
 WEEK_S = 7 * 86_400
 # item 748 of the issue: 6, 4, 11 in the last three weeks (a jump), forecast 10.34 (falling)

@@ -8,7 +8,7 @@ import pytest
 from models.backtest import backtest_origins, feature_batch_at, targets_at
 from models.datasets import EventLog, load_dataset, sorted_log
 from models.features import SIGNAL_NAMES, FeatureBatch, feature_matrix, feature_names
-from streams.windows import (
+from models.windows import (
     WindowSpec,
     bucket_counts,
     decode_ring,

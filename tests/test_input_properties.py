@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from models.windows import WindowSpec
 from schemas import DLQ_RECORD_V1, validator
 from streams.deltas import DeltaColumns, DeltaRouter, InvalidInternalMessage, decode_deltas, encode_deltas
 from streams.events import (
@@ -24,7 +25,6 @@ from streams.events import (
     dlq_record,
 )
 from streams.merge import CandidatesMessage
-from streams.windows import WindowSpec
 
 NOW_MS = 1_764_000_000_000
 MAX_TS_MS = NOW_MS + 86_400_000

@@ -8,8 +8,8 @@ from models.faithfulness import check_explanation
 from models.features import FeatureBatch
 from models.rationales import rationale
 from models.scoring import VelocityScorer
+from models.windows import WindowSpec
 from streams.scoring_loop import grounded_explanations, trend_records
-from streams.windows import WindowSpec
 
 SPEC = WindowSpec(slot_s=86_400, bucket_s=7 * 86_400, n_buckets=4)
 

@@ -6,9 +6,9 @@ import numpy as np
 import orjson
 import rocksdict
 
+from models.windows import WindowSpec, bucket_count_matrix
 from streams.deltas import DeltaColumns, DeltaRouter, decode_deltas, encode_deltas
 from streams.state import PartitionState
-from streams.windows import WindowSpec, bucket_count_matrix
 
 SPEC = WindowSpec(slot_s=60, bucket_s=300, n_buckets=3, allowed_lateness_s=60)
 

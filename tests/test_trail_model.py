@@ -10,7 +10,7 @@ from models.faithfulness import check_explanation
 from models.features import FeatureBatch
 from models.rationales import N_TEMPLATES, evidence_text, rationale, wrong_forecasts
 from models.scoring import template_explanation
-from streams.windows import WindowSpec
+from models.windows import WindowSpec
 
 SPEC = WindowSpec(slot_s=86_400, bucket_s=7 * 86_400, n_buckets=8)
 WEEK_S = SPEC.bucket_s
