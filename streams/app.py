@@ -37,7 +37,7 @@ from models.features import FeatureBatch
 from streams import metrics
 from streams.catalogue import catalogue_text, validate_catalogue_record
 from streams.config import WorkerConfig
-from streams.deltas import DeltaRouter, InvalidInternalMessage, decode_deltas, encode_deltas
+from streams.deltas import DeltaRouter, InvalidInternalMessage, decode_deltas, encode_deltas, encode_idle
 from streams.events import Rejection, dlq_record, latest_acceptable_ts_ms
 from streams.merge import CandidatesMessage, MergeProgress, pending_key, record_id
 from streams.recovery_watch import RecoveryStalled, RecoveryWatch
@@ -128,6 +128,10 @@ def create_app(config: WorkerConfig, runtime: ScorerRuntime) -> faust.App:
         await stop(pipeline.run_scoring)
 
     @app.timer(1.0)
+    async def declare_idle_sources():
+        await stop(pipeline.declare_idle_sources)
+
+    @app.timer(1.0)
     async def flush_idle_partitions():
         await stop(pipeline.flush_idle)
 
@@ -178,6 +182,9 @@ class Pipeline:
         self.states: dict[int, PartitionState] = {}
         self.locks: dict[int, asyncio.Lock] = {}   # one per partition for the process's life: never two owners
         self.last_input_at: dict[int, float] = {}
+        self.source_heard_at: dict[int, float] = {}   # stage 1: last message per input partition (wall clock)
+        self.idle_declared: dict[int, float] = {}     # input partitions this worker declared idle, and when
+        self.started_at = time.monotonic()
         self.empty_reported: dict[int, int] = {}
         self.counters = Counters()
         self.recovery_watch = RecoveryWatch(config.recovery_stall_s, config.recovery_give_up_s)
@@ -227,6 +234,10 @@ class Pipeline:
     async def ingest(self, messages: list[tuple[int, int, bytes | None]]) -> None:
         if not self.counters.first_input_at:
             self.counters.first_input_at = time.time()
+        now = time.monotonic()
+        for source, _, _ in messages:
+            self.source_heard_at[source] = now
+            self.idle_declared.pop(source, None)
         batch = self.router.route(messages, latest_acceptable_ts_ms(self.config.max_future_s), self.config.min_ts_ms)
         producer = self.app.producer
         sends = []
@@ -244,6 +255,29 @@ class Pipeline:
             self.counters.dlq_by_reason[rejection.code] = self.counters.dlq_by_reason.get(rejection.code, 0) + 1
         self.counters.duplicates += batch.duplicates
 
+    async def declare_idle_sources(self) -> None:
+        """Declare idle every input partition this worker reads that it has read to its end and that sent
+        nothing for --source-idle-timeout-s (Flink's withIdleness, but never while a backlog is read). Repeated
+        every timeout while it stays idle, so a partition state rebuilt after a rebalance learns it too."""
+        timeout_s = self.config.source_idle_timeout_s
+        if timeout_s <= 0:
+            return
+        now = time.monotonic()
+        consumer = self.app.consumer
+        for tp in list(consumer.assignment()):
+            source = tp.partition
+            if tp.topic != self.config.topics.clicks or now - self.idle_declared.get(source, -timeout_s) < timeout_s:
+                continue
+            if now - self.source_heard_at.get(source, self.started_at) < timeout_s:
+                continue
+            highwater, position = consumer.highwater(tp), await consumer.position(tp)
+            if highwater is None or position is None or position < highwater:
+                continue   # unread messages: a backlog, not an idle partition
+            watermark = self.router.max_ts_ms.get(source, -1)
+            for target in range(self.config.partitions):
+                await self.writer.send(self.config.deltas_topic, None, encode_idle(source, watermark), target)
+            self.idle_declared[source] = now
+
     async def reject_internal(self, topic: str, partition: int, offset: int, value: bytes | None,
                               reason: str) -> None:
         """An internal or catalogue message this code did not write goes to the DLQ, never applied."""
@@ -259,15 +293,14 @@ class Pipeline:
         if state is None:
             state = self.states[partition] = PartitionState(
                 partition, partition_db(self.counts_table, partition), self.config.spec, self.config.partitions,
-                self.config.max_candidates, idle_timeout_s=self.config.source_idle_timeout_s,
-                input_incarnation=self.config.input_incarnation)
+                self.config.max_candidates, input_incarnation=self.config.input_incarnation)
             self.locks.setdefault(partition, asyncio.Lock())
         return state
 
     async def apply(self, partition: int, offset: int, value: bytes | None) -> None:
         try:
-            source, watermark, columns = decode_deltas(value, self.config.partitions,
-                                                       latest_acceptable_ts_ms(self.config.max_future_s))
+            source, watermark, columns, idle = decode_deltas(value, self.config.partitions,
+                                                             latest_acceptable_ts_ms(self.config.max_future_s))
         except InvalidInternalMessage as exc:
             await self.reject_internal(self.config.deltas_topic, partition, offset, value, str(exc))
             return
@@ -275,7 +308,7 @@ class Pipeline:
         async with self.locks[partition]:
             if self.states.get(partition) is not state:
                 return  # revoked while waiting: the new owner applies it (the offset was not committed)
-            update = state.apply_deltas(source, watermark, columns)
+            update = state.apply_deltas(source, watermark, columns, idle)
             await self.writer.commit(self.counts_table, partition, update.writes)
             state.accept(update)
             self._count(update)

@@ -144,6 +144,11 @@ def encode_deltas(source: int, watermark_ms: int, columns: DeltaColumns | None) 
     return messages
 
 
+def encode_idle(source: int, watermark_ms: int) -> bytes:
+    """A deltas message declaring `source` idle: its reader has read all of it and heard nothing new."""
+    return orjson.dumps({"src": source, "wm": watermark_ms, "idle": True})
+
+
 def _encode_part(source: int, watermark_ms: int, columns: DeltaColumns, start: int, stop: int) -> bytes:
     body = {"src": source, "wm": watermark_ms, "o": columns.offsets[start:stop], "i": columns.items[start:stop],
             "s": columns.slots[start:stop], "c": columns.counts[start:stop]}
@@ -153,8 +158,8 @@ def _encode_part(source: int, watermark_ms: int, columns: DeltaColumns, start: i
     return orjson.dumps(body)
 
 
-def decode_deltas(value: bytes | None, n_sources: int, max_ts_ms: int) -> tuple[int, int, DeltaColumns]:
-    """(source, watermark ms, entries) of a deltas message, checked entry by entry; InvalidInternalMessage
+def decode_deltas(value: bytes | None, n_sources: int, max_ts_ms: int) -> tuple[int, int, DeltaColumns, bool]:
+    """(source, watermark ms, entries, idle) of a deltas message, checked entry by entry; InvalidInternalMessage
     if anything is out of the range this code writes (a forged offset would make real input be skipped)."""
     try:
         body = orjson.loads(value or b"")
@@ -167,10 +172,13 @@ def decode_deltas(value: bytes | None, n_sources: int, max_ts_ms: int) -> tuple[
         raise InvalidInternalMessage(f"deltas source partition {source!r} is not in [0, {n_sources})")
     if type(watermark) is not int or not -1 <= watermark <= max_ts_ms:
         raise InvalidInternalMessage(f"deltas watermark {watermark!r} is not an event time up to {max_ts_ms}")
+    idle = body.get("idle", False)
+    if type(idle) is not bool or (idle and "o" in body):
+        raise InvalidInternalMessage("deltas idle flag must be a boolean, on a message without entries")
     columns = DeltaColumns(body.get("o", []), body.get("i", []), body.get("s", []), body.get("c", []),
                            body.get("e", []))
     _check_columns(columns, max_ts_ms)
-    return source, watermark, columns
+    return source, watermark, columns, idle
 
 
 def _check_columns(columns: DeltaColumns, max_ts_ms: int) -> None:

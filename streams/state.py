@@ -16,15 +16,15 @@ Keys in the partition's RocksDB database (and its changelog):
 `accept`, so memory never runs ahead of what is stored.
 
 The watermark is the minimum over the *active* source partitions of their max event time, less the
-allowed lateness, so it does not depend on how fast or in which interleaving a replay arrives. A source
-that sent nothing for `idle_timeout_s` of wall-clock time stops holding the watermark back (Flink's
-`withIdleness`) and rejoins with its next message; what it then sends behind the watermark is counted
-and reported as late. No Kafka I/O here.
+allowed lateness, so it does not depend on how fast or in which interleaving a replay arrives. A source is
+idle once the worker reading it declared so (it has read everything in that partition and heard nothing new
+for a while: `streams.app`, like Flink's `withIdleness` but never during a catch-up); an idle source stops
+holding the watermark back and rejoins with its next message; what it then sends behind the watermark is
+counted and reported as late. No Kafka I/O here.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,6 +52,7 @@ class StateUpdate:
     """What one deltas message changes: the keys to write, and the in-memory changes `accept` makes."""
 
     source: int
+    idle: bool = False             # the message declares its source idle
     writes: dict[bytes, bytes] = field(default_factory=dict)
     applied_events: int = 0
     skipped_entries: int = 0       # re-delivered input, already counted
@@ -87,18 +88,16 @@ def parse_stored_int(key: bytes, value: bytes) -> int:
 
 class PartitionState:
     def __init__(self, partition: int, db, spec: WindowSpec, n_sources: int, max_candidates: int = 10_000,
-                 idle_timeout_s: float = 0.0, now_s: float | None = None, input_incarnation: str = "") -> None:
+                 input_incarnation: str = "") -> None:
         self.partition = partition
         self.applied_prefix = APPLIED_PREFIX + input_incarnation.encode() + b":"
         self.geometry = f"{spec.slot_s}/{spec.bucket_s}/{spec.n_buckets}".encode()
         self.db = db
         self.spec = spec
         self.n_sources = n_sources
-        self.idle_timeout_s = idle_timeout_s
-        self.created_at_s = time.monotonic() if now_s is None else now_s
         self.applied: dict[int, int] = {}
         self.source_max_ts_ms: dict[int, int] = {}
-        self.source_active_at_s: dict[int, float] = {}
+        self.idle_sources: set[int] = set()       # declared idle by their reader, until they send again
         self.next_boundary: int | None = None     # next boundary to snapshot (in memory, runs ahead)
         self.committed_next: int | None = None    # next boundary not yet scored and committed
         self.max_data_slot: int | None = None     # newest slot holding a count (empty windows after it)
@@ -142,9 +141,9 @@ class PartitionState:
 
     # --- applying deltas -------------------------------------------------------------------------------
 
-    def apply_deltas(self, source: int, watermark_ms: int, columns: DeltaColumns) -> StateUpdate:
+    def apply_deltas(self, source: int, watermark_ms: int, columns: DeltaColumns, idle: bool = False) -> StateUpdate:
         """What adding one deltas message to the rings writes; nothing changes until `accept`."""
-        update = StateUpdate(source)
+        update = StateUpdate(source, idle=idle)
         if watermark_ms > self.source_max_ts_ms.get(source, -1):
             update.source_max_ts_ms = watermark_ms
             update.writes[WATERMARK_PREFIX + str(source).encode()] = str(watermark_ms).encode()
@@ -197,9 +196,12 @@ class PartitionState:
         horizon = FIRST_SIGHT_WINDOWS * self.spec.window_slots
         return max(int(slots.min()) + 1, self.spec.watermark_slot(newest_ms) - horizon + 1)
 
-    def accept(self, update: StateUpdate, now_s: float | None = None) -> None:
+    def accept(self, update: StateUpdate) -> None:
         """The update is committed: move the in-memory bookkeeping to match the store."""
-        self.source_active_at_s[update.source] = time.monotonic() if now_s is None else now_s
+        if update.idle:
+            self.idle_sources.add(update.source)
+        else:
+            self.idle_sources.discard(update.source)
         if update.source_max_ts_ms is not None:
             self.source_max_ts_ms[update.source] = update.source_max_ts_ms
         if update.applied_offset is not None:
@@ -251,47 +253,35 @@ class PartitionState:
 
     # --- watermark and scoring -------------------------------------------------------------------------
 
-    def active_sources(self, now_s: float | None = None) -> list[int] | None:
-        """Sources that hold the watermark back: all of them, or (with idleness) those heard from lately.
+    def active_sources(self) -> list[int] | None:
+        """Sources that hold the watermark back: every source not declared idle; None while one that is not
+        idle has not reported yet."""
+        if any(s not in self.source_max_ts_ms and s not in self.idle_sources for s in range(self.n_sources)):
+            return None
+        return [s for s in range(self.n_sources) if s not in self.idle_sources]
 
-        None while a source not yet heard from may still be about to report.
-        """
-        if self.idle_timeout_s <= 0:
-            return list(range(self.n_sources)) if len(self.source_max_ts_ms) >= self.n_sources else None
-        now_s = time.monotonic() if now_s is None else now_s
-        active, waiting = [], False
-        for source in range(self.n_sources):
-            heard_at = self.source_active_at_s.get(source, self.created_at_s)
-            if now_s - heard_at < self.idle_timeout_s:
-                if source in self.source_max_ts_ms:
-                    active.append(source)
-                else:
-                    waiting = True
-        return None if waiting else active
-
-    def watermark_slot(self, now_s: float | None = None) -> int | None:
+    def watermark_slot(self) -> int | None:
         """Last boundary the watermark has crossed; None until the sources that count have reported.
 
         Never goes back: when every source has gone idle, the last watermark stands (catch-up of the
         boundaries it already allows goes on).
         """
-        sources = self.active_sources(now_s)
+        sources = self.active_sources()
         if sources:
             slot = self.spec.watermark_slot(min(self.source_max_ts_ms[s] for s in sources))
             if self.last_watermark_slot is None or slot > self.last_watermark_slot:
                 self.last_watermark_slot = slot
         return self.last_watermark_slot
 
-    def reach_slot(self, idle: bool = False, now_s: float | None = None) -> int | None:
+    def reach_slot(self, idle: bool = False) -> int | None:
         """Last boundary that may be scored. `idle`: the stream went quiet, close what the data reached."""
         if idle and self.source_max_ts_ms:
             return self.spec.slot_of(max(self.source_max_ts_ms.values()))
-        return self.watermark_slot(now_s)
+        return self.watermark_slot()
 
-    def due_boundaries(self, idle: bool = False, now_s: float | None = None,
-                       limit: int = MAX_BOUNDARIES_PER_CALL) -> list[int]:
+    def due_boundaries(self, idle: bool = False, limit: int = MAX_BOUNDARIES_PER_CALL) -> list[int]:
         """Boundaries to score now, in order, at most `limit` of them (the rest stay due)."""
-        upto = self.reach_slot(idle, now_s)
+        upto = self.reach_slot(idle)
         if self.next_boundary is None or upto is None:
             return []
         return list(range(self.next_boundary, min(upto, self.next_boundary + limit - 1) + 1))

@@ -154,7 +154,7 @@ def test_ids_of_256_characters_pass_and_257_are_rejected():
 @given(json_values)
 def test_arbitrary_json_as_a_deltas_message_is_applied_only_if_well_formed(body):
     try:
-        source, watermark, columns = decode_deltas(json.dumps(body).encode(), 4, MAX_TS_MS)
+        source, watermark, columns, idle = decode_deltas(json.dumps(body).encode(), 4, MAX_TS_MS)
     except InvalidInternalMessage:
         return
     assert 0 <= source < 4 and watermark <= MAX_TS_MS

@@ -17,9 +17,9 @@ def open_db(path) -> rocksdict.Rdict:
     return rocksdict.Rdict(str(path), options=rocksdict.Options(raw_mode=True))
 
 
-def apply(state: PartitionState, db, source: int, watermark: int, columns: DeltaColumns):
+def apply(state: PartitionState, db, source: int, watermark: int, columns: DeltaColumns, idle: bool = False):
     """What the worker does per deltas message: compute, store, then accept into memory."""
-    update = state.apply_deltas(source, watermark, columns)
+    update = state.apply_deltas(source, watermark, columns, idle)
     for key, value in update.writes.items():
         db.put(key, value)
     state.accept(update)
@@ -146,19 +146,20 @@ def test_scoring_snapshot_covers_only_candidates_and_survives_a_reload(tmp_path)
 
 def test_an_idle_source_stops_holding_the_watermark_and_rejoins_when_it_sends(tmp_path):
     db = open_db(tmp_path / "p0")
-    state = PartitionState(0, db, SPEC, n_sources=2, idle_timeout_s=10, now_s=0.0)
-    update = state.apply_deltas(0, 30 * 60_000, DeltaColumns([0], ["a"], [3], [1]))
-    state.accept(update, now_s=1.0)
-    assert state.watermark_slot(now_s=5.0) is None            # source 1 may still report
-    assert state.watermark_slot(now_s=10.5) == 29              # source 1 never spoke: idle
-    state.accept(state.apply_deltas(1, 12 * 60_000, DeltaColumns()), now_s=11.0)
-    assert state.watermark_slot(now_s=11.5) == 29              # rejoined behind: the watermark never goes back
-    state.accept(state.apply_deltas(1, 40 * 60_000, DeltaColumns()), now_s=12.0)
-    state.accept(state.apply_deltas(0, 45 * 60_000, DeltaColumns()), now_s=12.0)
-    assert state.watermark_slot(now_s=12.5) == 39              # both active: the minimum again
-    state.accept(state.apply_deltas(0, 60 * 60_000, DeltaColumns()), now_s=30.0)
-    assert state.watermark_slot(now_s=30.5) == 59              # source 1 idle again since 12.0
-    for boundary in state.due_boundaries(now_s=30.5, limit=100):
+    state = PartitionState(0, db, SPEC, n_sources=2)
+    apply(state, db, 0, 30 * 60_000, DeltaColumns([0], ["a"], [3], [1]))
+    assert state.watermark_slot() is None                      # source 1 may still report
+    apply(state, db, 1, -1, DeltaColumns(), idle=True)         # its reader has read it all: idle
+    assert state.watermark_slot() == 29
+    apply(state, db, 1, 12 * 60_000, DeltaColumns())
+    assert state.watermark_slot() == 29                        # rejoined behind: the watermark never goes back
+    apply(state, db, 1, 40 * 60_000, DeltaColumns())
+    apply(state, db, 0, 45 * 60_000, DeltaColumns())
+    assert state.watermark_slot() == 39                        # both active: the minimum again
+    apply(state, db, 1, 40 * 60_000, DeltaColumns(), idle=True)
+    apply(state, db, 0, 60 * 60_000, DeltaColumns())
+    assert state.watermark_slot() == 59                        # source 1 idle again
+    for boundary in state.due_boundaries(limit=100):
         state.mark_scored(boundary)
     update = state.apply_deltas(1, 41 * 60_000, DeltaColumns([1], ["late"], [40], [2]))
     assert update.late_events == 2 and update.applied_events == 2   # behind the watermark: counted, reported late
