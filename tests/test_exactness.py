@@ -21,6 +21,15 @@ from tests.test_stream_e2e import assert_counts_match_recount, last_step_end, wa
 pytestmark = pytest.mark.broker
 
 
+def count_then_kill(replay: Replay, events: list[dict]) -> None:
+    """Start a worker, count `events` with it, then SIGKILL it."""
+    worker = replay.start_worker()
+    replay.wait_assigned()
+    replay.produce(events)
+    worker.wait_for(lambda s: s.get("counted", 0) >= len(events), 60, f"{len(events)} counted")
+    worker.kill()
+
+
 def recreate_topic(bootstrap: str, topic: str, partitions: int) -> None:
     from infra.admin import admin_client
 
@@ -83,11 +92,7 @@ def test_an_incomplete_write_group_in_the_changelog_is_never_applied(make_replay
     recovery must drop them (here planted by hand: a forged ring and applied offset for every partition)."""
     events = make_events(400, n_items=6, days=20, seed=34)
     replay = make_replay(unique_topic("partial"), tmp_path, top_k=6)
-    worker = replay.start_worker()
-    replay.wait_assigned()
-    replay.produce(events[:200])
-    worker.wait_for(lambda s: s.get("counted", 0) >= 200, 60, "first half counted")
-    worker.kill()
+    count_then_kill(replay, events[:200])
     changelog = f"{replay.name}-slot-counts-changelog"
     incarnation = topic_ids(KafkaSettings(bootstrap=replay.bootstrap), [replay.topics["clicks"]])
     forged_applied = f"m:applied:{incarnation[replay.topics['clicks']]}:".encode()
@@ -135,11 +140,7 @@ def test_a_worker_whose_local_state_is_lost_rebuilds_it_from_the_changelog(make_
     """The recovery-hang regression: recovery that has to read changelog records must finish, exactly."""
     events = make_events(3000, n_items=8, days=20, seed=36)
     replay = make_replay(unique_topic("wiped"), tmp_path, top_k=8)
-    worker = replay.start_worker()
-    replay.wait_assigned()
-    replay.produce(events[:1500])
-    worker.wait_for(lambda s: s.get("counted", 0) >= 1500, 60, "first half counted")
-    worker.kill()
+    count_then_kill(replay, events[:1500])
     shutil.rmtree(tmp_path / "w1" / "v1")
     worker = replay.start_worker()
     status = worker.wait_for(lambda s: s.get("assigned") and s.get("recovering") is False, 90, "recovered")
