@@ -138,13 +138,7 @@ def bootstrap_ratio_ci(
         idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
         with np.errstate(invalid="ignore", divide="ignore"):
             stats.append(numerator[idx].sum(axis=1) / denominator[idx].sum(axis=1))
-    stats = np.concatenate(stats)
-    stats = stats[np.isfinite(stats)]
-    if not len(stats):
-        return float("nan"), float("nan")
-    alpha = (1 - level) / 2
-    low, high = np.quantile(stats, [alpha, 1 - alpha])
-    return float(low), float(high)
+    return percentile_interval(np.concatenate(stats), level)
 
 
 def bootstrap_mean_ci(values: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:

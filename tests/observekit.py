@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from infra.procs import free_port, log_tail, stop_child
+from streams.worker_status import probe
 
 CHROMIUM_NAMES = ("chromium-headless-shell", "chromium", "chromium-browser")
 DASHBOARD = Path(__file__).resolve().parent.parent / "infra" / "grafana" / "dashboards" / "trail.json"
@@ -42,10 +43,7 @@ def dashboard_exprs() -> list[str]:
 def get_json(url: str, timeout_s: float = 3.0) -> tuple[int, dict]:
     """(status, JSON body) of a GET; (0, {}) when nothing answers."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
+        return probe(url, timeout_s)
     except OSError:
         return 0, {}
 
