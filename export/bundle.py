@@ -35,6 +35,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from infra.errors import TrailError
 from infra.integrity import sha256_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +54,7 @@ MAX_MANIFEST_BYTES = 1 << 20
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
-class BundleError(ValueError):
+class BundleError(TrailError, ValueError):
     """A bundle that must not be loaded (missing, incomplete, or changed since export)."""
 
 

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ClusterMetadata, ConfigResource, NewTopic, ResourceType
 
+from infra.errors import BrokerUnreachable, TrailError
 from infra.kafka_config import KafkaSettings
 
 _QUIET = {"log_level": 0, "reconnect.backoff.max.ms": 200}   # no librdkafka chatter while probing
 
 
-class TopicError(RuntimeError):
+class TopicError(TrailError):
     """A topic exists with a layout other than the one asked for, or could not be created."""
 
 
@@ -45,6 +46,17 @@ def admin_client(settings: KafkaSettings) -> AdminClient:
 def cluster_metadata(settings: KafkaSettings, timeout: float = 5.0) -> ClusterMetadata:
     """One Metadata request for all topics; raises KafkaException if the cluster does not answer in time."""
     return admin_client(settings).list_topics(timeout=timeout)
+
+
+def require_broker(settings: KafkaSettings, timeout: float = 5.0) -> ClusterMetadata:
+    """The cluster's metadata, or BrokerUnreachable saying where it looked and how to start one."""
+    try:
+        return cluster_metadata(settings, timeout)
+    except KafkaException as exc:
+        raise BrokerUnreachable(
+            f"no Kafka broker answers at {settings.bootstrap} ({exc.args[0].str() if exc.args else exc}); start "
+            "the embedded one with `trail broker --detach`, or pass --bootstrap HOST:PORT "
+            "(or set TRAIL_BOOTSTRAP)") from exc
 
 
 def ensure_topics(settings: KafkaSettings, topics: Mapping[str, TopicSpec],

@@ -34,6 +34,7 @@ from confluent_kafka import KafkaException
 
 from infra import procs
 from infra.admin import cluster_metadata
+from infra.errors import TrailError
 from infra.files import write_atomic_private
 from infra.kafka_config import KafkaSettings
 from infra.s3_emulator import DEFAULT_BUCKET, S3_HOST, S3Emulator, S3EmulatorError, aws_env
@@ -46,7 +47,7 @@ CLUSTER_ID = "tansu_cluster"           # tansu's default; infra.tansu_shim recog
 STORAGES = ("memory", "s3")
 
 
-class BrokerError(RuntimeError):
+class BrokerError(TrailError):
     """The embedded broker could not be started, did not become ready, or is misconfigured."""
 
 

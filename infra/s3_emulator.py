@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from infra import procs
+from infra.errors import TrailError
 
 S3RVER_VERSION = "3.7.1"
 S3RVER_ENV = "TRAIL_S3RVER"                  # explicit path to the s3rver script, overrides the venv one
@@ -27,7 +28,7 @@ S3_HOST = "127.0.0.1"   # s3rver also serves unsigned requests: it must never li
 REGION = "us-east-1"
 
 
-class S3EmulatorError(RuntimeError):
+class S3EmulatorError(TrailError):
     """The S3 emulator is missing, could not start, or did not answer."""
 
 

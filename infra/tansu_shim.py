@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from confluent_kafka import KafkaException
 
 from infra.admin import cluster_metadata
+from infra.errors import BrokerUnreachable
 from infra.kafka_config import KafkaSettings
 
 FIX_MODES = ("auto", "on", "off")
@@ -30,8 +31,6 @@ TANSU_CLUSTER_ID_PREFIX = "tansu"       # tansu's default cluster id is "tansu_c
 _MARK = "_trail_end_offset_fix"         # set on the replacement method so installs are idempotent
 
 
-class BrokerUnreachable(RuntimeError):
-    """Auto-detection could not reach the cluster, so it cannot say whether the fix is needed."""
 
 
 def is_embedded_broker(bootstrap: str, kafka_config: Mapping[str, str] | None = None,

@@ -52,23 +52,11 @@ def window_spec(args: argparse.Namespace, default: WindowSpec) -> WindowSpec:
 
 
 def load_model(name_or_path: str):
-    """(scorer, explanation check or None) from models.trail_scorer / models.faithfulness, imported lazily."""
-    try:
-        from models.trail_scorer import load_trail_scorer
-    except ModuleNotFoundError as exc:
-        if exc.name != "models.trail_scorer":
-            raise
-        raise SystemExit("trail backtest --model: models/trail_scorer.py is not part of this build yet; "
-                         "run without --model for the baselines") from None
-    scorer = load_trail_scorer(name_or_path)
-    try:
-        from models.faithfulness import check_explanation
-    except ModuleNotFoundError as exc:
-        if exc.name != "models.faithfulness":
-            raise
-        print("trail backtest: models/faithfulness.py is missing; explanations are not checked", file=sys.stderr)
-        check_explanation = None
-    return scorer, check_explanation
+    """(scorer, explanation check) for a trained TRAIL model, imported lazily (torch is heavy)."""
+    from models.faithfulness import check_explanation
+    from models.trail_scorer import load_trail_scorer
+
+    return load_trail_scorer(name_or_path), check_explanation
 
 
 def print_table(result: dict) -> None:

@@ -19,6 +19,7 @@ import time
 import numpy as np
 import orjson
 
+from infra.errors import CommandError
 from models.features import FeatureBatch
 from models.windows import WindowSpec
 
@@ -104,7 +105,7 @@ async def measure(args: argparse.Namespace) -> dict:
     spec = WindowSpec()
     runtime = ScorerRuntime(args.bundle, step_budget_s=120)
     if runtime.scorer is runtime.baseline:
-        raise SystemExit(f"bundle {args.bundle!r} could not be loaded (see the log); build it with `trail export`")
+        raise CommandError(f"bundle {args.bundle!r} could not be loaded (see the log); build it with `trail export`")
     batch = synthetic_batch(args.candidates, spec)
     first = await one_step(runtime, batch, args.explain)  # cold: reads every candidate's text once
     steps = [await one_step(runtime, batch, args.explain) for _ in range(args.steps)]

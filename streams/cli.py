@@ -12,6 +12,8 @@ import importlib
 import os
 import sys
 
+from infra.errors import TrailError
+
 # subcommand -> module with add_parser(); order is the order shown in --help
 SUBCOMMAND_MODULES = {
     "broker": "infra.broker_cli",
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, FileNotFoundError) as exc:   # bad input, missing or refused files: say what, no traceback
+    except (TrailError, ValueError, FileNotFoundError) as exc:   # the user can act on it: one line, no traceback
         if os.environ.get("TRAIL_DEBUG"):
             raise
         print(f"trail {argv_command(argv)}: error: {exc}", file=sys.stderr)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import orjson
 
+from infra.errors import CommandError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ML100K_SPAN_S = 32 * 7 * 86_400
 
@@ -53,7 +55,7 @@ def ensure_bundle(args: argparse.Namespace) -> str:
         return args.bundle
     except BundleError as exc:
         if args.bundle != "trail-tiny":
-            raise SystemExit(f"bundle {args.bundle!r} is not usable ({exc}); build it with "
+            raise CommandError(f"bundle {args.bundle!r} is not usable ({exc}); build it with "
                              "`trail export MODEL --out ...`") from None
     trail = [sys.executable, "-m", "streams.cli"]
     if not (REPO_ROOT / "artifacts" / "models" / "trail-tiny" / "model_card.json").exists():

@@ -77,10 +77,13 @@ def paced(events: Iterator[dict | bytes], speed: float) -> Iterator[dict | bytes
 def run(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from infra.admin import TopicSpec, ensure_topics
+    from infra.admin import TopicSpec, ensure_topics, require_broker
     from streams.producer import ClickProducer, produce_items
 
     settings = settings_from_args(args)
+    if args.file is not None and not args.file.exists():   # before the broker: say the first thing wrong
+        raise FileNotFoundError(f"no such file: {args.file}")
+    require_broker(settings)
     # explicit topics: the embedded broker would auto-create 4 partitions and never compact `items`
     ensure_topics(settings, {args.topic: TopicSpec(partitions=args.partitions),
                              args.items_topic: TopicSpec(partitions=args.partitions, compact=True)})
@@ -92,8 +95,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"catalogue: {sent_items} items -> {args.items_topic}")
         events, total = log.iter_events(), len(log.ts_ms)
     else:
-        if not args.file.exists():
-            raise SystemExit(f"no such file: {args.file}")
         if args.items:
             items = {str(o["item_id"]): str(o.get("text") or o.get("title") or "")
                      for o in map(orjson.loads, raw_lines(args.items))}

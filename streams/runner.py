@@ -41,6 +41,7 @@ def run_worker(config: WorkerConfig) -> int:
     import faust
     import uvloop
 
+    from infra.admin import require_broker
     from infra.tansu_shim import install_end_offset_fix, should_apply_fix
     from streams.app import create_app
     from streams.scorer_runtime import ScorerRuntime
@@ -53,6 +54,7 @@ def run_worker(config: WorkerConfig) -> int:
     # the scorer first: a bundle other than the pinned one stops the worker before it touches Kafka
     runtime = ScorerRuntime(config.scorer, step_budget_s=config.step_budget_s, scorer_sha256=config.scorer_sha256)
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    require_broker(config.kafka)
     ensure_worker_topics(config)
     config = check_state_origin(config)
     if should_apply_fix(config.kafka.bootstrap, config.embedded_broker_fix, config.kafka.extra):

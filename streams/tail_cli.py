@@ -9,6 +9,8 @@ from collections.abc import Iterable, Iterator
 
 import orjson
 
+from infra.admin import require_broker
+from infra.errors import CommandError
 from infra.kafka_config import add_kafka_args, settings_from_args
 
 
@@ -34,11 +36,13 @@ def read_records(settings, topic: str, from_beginning: bool, max_records: int = 
 
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
 
-    consumer = Consumer({**settings.confluent(), "group.id": "trail-tail", "enable.auto.commit": False})
+    require_broker(settings)
+    consumer = Consumer({**settings.confluent(), "group.id": "trail-tail", "enable.auto.commit": False,
+                         "log_level": 2})   # a broker that goes away later: one line per cause, not a flood
     try:
         metadata = consumer.list_topics(topic, timeout=10)
         if topic not in metadata.topics or metadata.topics[topic].error is not None:
-            raise SystemExit(f"topic {topic!r} not found on {settings.bootstrap}; is a worker running?")
+            raise CommandError(f"topic {topic!r} not found on {settings.bootstrap}; is a worker running?")
         start = OFFSET_BEGINNING if from_beginning else OFFSET_END
         consumer.assign([TopicPartition(topic, p, start) for p in metadata.topics[topic].partitions])
         seen, last_at = 0, time.monotonic()

@@ -1,0 +1,31 @@
+"""One error policy: what a user can act on ends as one `trail COMMAND: error: ...` line and exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from infra.procs import free_port
+
+
+def trail(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "streams.cli", *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("command", [["produce", "{events}"], ["tail"], ["worker", "--data-dir", "{tmp}"]])
+def test_no_broker_is_one_line_saying_how_to_start_one(command, tmp_path):
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"item_id": "a", "ts": 1700000000000}\n')
+    args = [a.format(events=events, tmp=tmp_path / "data") for a in command]
+    result = trail(*args, "--bootstrap", f"127.0.0.1:{free_port()}")
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"trail {command[0]}: error: no Kafka broker answers")
+    assert "trail broker --detach" in lines[0]
+
+
+def test_a_missing_file_is_reported_before_the_broker_is_asked(tmp_path):
+    result = trail("produce", str(tmp_path / "missing.jsonl"), "--bootstrap", f"127.0.0.1:{free_port()}")
+    assert result.returncode == 2 and result.stderr.strip() == f"trail produce: error: no such file: {tmp_path}/missing.jsonl"
