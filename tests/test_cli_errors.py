@@ -27,5 +27,6 @@ def test_no_broker_is_one_line_saying_how_to_start_one(command, tmp_path):
 
 
 def test_a_missing_file_is_reported_before_the_broker_is_asked(tmp_path):
-    result = trail("produce", str(tmp_path / "missing.jsonl"), "--bootstrap", f"127.0.0.1:{free_port()}")
-    assert result.returncode == 2 and result.stderr.strip() == f"trail produce: error: no such file: {tmp_path}/missing.jsonl"
+    missing = tmp_path / "missing.jsonl"
+    result = trail("produce", str(missing), "--bootstrap", f"127.0.0.1:{free_port()}")
+    assert result.returncode == 2 and result.stderr.strip() == f"trail produce: error: no such file: {missing}"
