@@ -11,6 +11,7 @@ from pathlib import Path
 import orjson
 
 from infra.kafka_config import add_kafka_args, settings_from_args
+from streams.config import Topics
 
 
 def add_parser(subparsers) -> None:
@@ -24,8 +25,8 @@ def add_parser(subparsers) -> None:
     source.add_argument("--dataset",
                         help="a packaged dataset, e.g. ml-100k (its catalogue goes to --items-topic first)")
     parser.add_argument("--items", type=Path, help="optional items file (JSONL: item_id, text/title) for FILE")
-    parser.add_argument("--topic", default="clicks")
-    parser.add_argument("--items-topic", default="items")
+    parser.add_argument("--topic", default=Topics.clicks, help="the clicks topic (default %(default)s)")
+    parser.add_argument("--items-topic", default=Topics.items, help="the catalogue topic (default %(default)s)")
     parser.add_argument("--partitions", type=int, default=4, help="partitions of the clicks topic")
     parser.add_argument("--envelope", type=int, default=100, help="events per message (1: one event per message)")
     parser.add_argument("--speed", type=float, default=0.0,

@@ -12,6 +12,7 @@ import orjson
 from infra.admin import require_broker
 from infra.errors import CommandError
 from infra.kafka_config import add_kafka_args, settings_from_args
+from streams.config import Topics
 
 
 def add_parser(subparsers) -> None:
@@ -19,7 +20,7 @@ def add_parser(subparsers) -> None:
                                    description="Read trend v1 records from the trending topic (no consumer "
                                    "group: reads all partitions directly).")
     add_kafka_args(parser)
-    parser.add_argument("--topic", default="trending-items")
+    parser.add_argument("--topic", default=Topics.trending, help="the trending topic (default %(default)s)")
     parser.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
     parser.add_argument("--json", action="store_true", help="one JSON record per line on stdout")
     parser.add_argument("--max-records", type=int, default=0, help="stop after this many (0: never)")
