@@ -37,9 +37,8 @@ from pathlib import Path
 
 from infra.errors import TrailError
 from infra.integrity import sha256_of
+from infra.paths import BUNDLES_DIR, resolve_artifact
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-BUNDLES_DIR = REPO_ROOT / "artifacts" / "bundles"
 MANIFEST = "manifest.json"
 STEP_GRAPH = "step.onnx"
 FORECAST_GRAPH = "forecast.onnx"
@@ -81,11 +80,8 @@ class VerifiedBundle:
 
 
 def resolve_bundle_dir(name_or_path: str) -> Path:
-    """A NAME means artifacts/bundles/NAME under the repo root; a path (has '/', starts with '.', or exists) is used."""
-    path = Path(name_or_path)
-    if path.is_dir() or "/" in name_or_path or name_or_path.startswith("."):
-        return path.resolve()
-    return BUNDLES_DIR / name_or_path
+    """A NAME means artifacts/bundles/NAME; a path is a folder (`infra.paths.resolve_artifact`)."""
+    return resolve_artifact(name_or_path, BUNDLES_DIR)
 
 
 def parse_sha256(text: str) -> str:

