@@ -68,9 +68,12 @@ class Chunk:
     big: bool = False
 
 
-def fault_kinds(n_faults: int, rng: random.Random, *, broker_restarts: bool = True) -> list[str]:
-    """`n_faults` kinds in random order: one of each available kind first (if room), the rest by weight."""
-    kinds = [k for k in FAULT_KINDS if broker_restarts or k != "broker_restart"]
+def fault_kinds(n_faults: int, rng: random.Random, allowed: Sequence[str] = FAULT_KINDS) -> list[str]:
+    """`n_faults` kinds in random order: one of each allowed kind first (if room), the rest by weight."""
+    unknown = set(allowed) - set(FAULT_KINDS)
+    if unknown or not allowed:
+        raise ValueError(f"unknown fault kinds {sorted(unknown)}; choose from {', '.join(FAULT_KINDS)}")
+    kinds = [k for k in FAULT_KINDS if k in allowed]
     chosen = kinds[:n_faults] if n_faults < len(kinds) else list(kinds)
     weights = [FAULT_WEIGHTS[k] for k in kinds]
     chosen += rng.choices(kinds, weights, k=n_faults - len(chosen))
@@ -79,20 +82,21 @@ def fault_kinds(n_faults: int, rng: random.Random, *, broker_restarts: bool = Tr
 
 
 def keep_worker_count_valid(kinds: Sequence[str], initial: int, max_workers: int) -> list[str]:
-    """Swap removes that would leave no worker for adds, and adds beyond `max_workers` for removes."""
+    """Swap removes that would leave no worker for adds, and adds beyond `max_workers` for removes (for a
+    kill when the other kind is not in the schedule)."""
     count, valid = initial, []
     for kind in kinds:
         if kind == "remove_worker" and count <= 1:
-            kind = "add_worker"
+            kind = "add_worker" if "add_worker" in kinds else "kill"
         elif kind == "add_worker" and count >= max_workers:
-            kind = "remove_worker"
+            kind = "remove_worker" if "remove_worker" in kinds else "kill"
         count += {"add_worker": 1, "remove_worker": -1}.get(kind, 0)
         valid.append(kind)
     return valid
 
 
 def plan_faults(n_faults: int, n_events: int, seed: int, *, chunk: int = 500, big_chunk: int = 5000,
-                broker_restarts: bool = True, initial_workers: int = 2, max_workers: int = 4) -> list[Fault]:
+                kinds: Sequence[str] = FAULT_KINDS, initial_workers: int = 2, max_workers: int = 4) -> list[Fault]:
     """A seeded schedule of `n_faults` faults at increasing positions in the log.
 
     The first fault comes after 5 % of the log, the last before 95 %; consecutive faults are at least two
@@ -101,8 +105,7 @@ def plan_faults(n_faults: int, n_events: int, seed: int, *, chunk: int = 500, bi
     is too short for that many faults.
     """
     rng = random.Random(seed)
-    kinds = keep_worker_count_valid(fault_kinds(n_faults, rng, broker_restarts=broker_restarts),
-                                    initial_workers, max_workers)
+    kinds = keep_worker_count_valid(fault_kinds(n_faults, rng, kinds), initial_workers, max_workers)
     lead_in, tail = n_events // 20, n_events // 20
     gaps = [big_chunk + chunk if kind == "kill_catchup" else 2 * chunk for kind in kinds]
     slack = n_events - lead_in - tail - sum(gaps)

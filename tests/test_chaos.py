@@ -35,9 +35,16 @@ def test_the_schedule_is_seeded_spaced_and_has_every_kind():
         assert fault.at_event - before >= (5500 if fault.kind == "kill_catchup" else 1000)
 
 
-def test_without_broker_restarts_the_schedule_has_none():
-    faults = chaos.plan_faults(20, 60_000, seed=5, broker_restarts=False)
-    assert "broker_restart" not in {f.kind for f in faults}
+def test_a_schedule_holds_only_the_kinds_asked_for():
+    kinds = ("kill", "remove_worker", "duplicates")
+    faults = chaos.plan_faults(20, 60_000, seed=5, kinds=kinds, initial_workers=1)
+    assert {f.kind for f in faults} == {"kill", "duplicates"}   # a remove would leave no worker: a kill instead
+    try:
+        chaos.plan_faults(3, 60_000, seed=5, kinds=("kill", "meteor"))
+    except ValueError as exc:
+        assert "meteor" in str(exc)
+    else:
+        raise AssertionError("expected a ValueError")
 
 
 def test_the_worker_count_stays_between_one_and_the_partitions():
