@@ -231,7 +231,7 @@ class ChaosRun:
 
     def track(self, number: int, kind: str, worker: str | None = None, since_wall: float | None = None) -> None:
         for pending in self.recoveries:   # a new fault on a worker still recovering cuts that measure short
-            if pending.seconds is None and worker is not None and pending.worker == worker:
+            if pending.seconds is None and not pending.timed_out and worker is not None and pending.worker == worker:
                 pending.interrupted = True
         self.recoveries.append(Recovery(number, kind, time.monotonic(), since_wall or time.time(), worker))
 
@@ -449,7 +449,7 @@ def report(run: ChaosRun, comparison: chaos.Comparison, dlq: list[dict], seconds
         "duplicates_planted": run.planted_duplicates,
         "recovery_s": chaos.percentiles(recovered), "rebalance_s": chaos.percentiles(rebalanced),
         "unfinished_recoveries": [{"fault": r.fault, "kind": r.kind, "worker": r.worker} for r in run.recoveries
-                                  if r.seconds is None and not r.interrupted],
+                                  if r.seconds is None and (r.timed_out or not r.interrupted)],
         "worker_exits": run.exits,
         "mismatches": mismatches[:30], "mismatches_total": len(mismatches),
         "fault_log": run.fault_log,
