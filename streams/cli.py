@@ -25,6 +25,7 @@ SUBCOMMAND_MODULES = {
     "backtest": "models.backtest_cli",
     "bench": "streams.bench_cli",
     "demo": "streams.demo_cli",
+    "chaos": "streams.chaos_cli",
 }
 
 
