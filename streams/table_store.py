@@ -66,6 +66,18 @@ class GroupedRocksDBStore(FaustRocksDBStore):
             staged.clear()
             self.write_group(message.partition, group, message.offset)
 
+    def revoke_partitions(self, table: Any, tps: Any) -> None:
+        """Close the databases of revoked partitions now. faust only drops its reference and leaves closing to
+        the garbage collector, so any other reference (a partition's state, a queued scoring job) kept the
+        RocksDB lock and the partition could not be opened again ("lock hold by current process": the worker
+        crashed on the next rebalance)."""
+        for tp in tps:
+            if tp.topic in table.changelog_topic.topics:
+                db = self._dbs.pop(tp.partition, None)
+                if db is not None:
+                    db.close()
+                self._staged.pop(tp.partition, None)
+
     def write_group(self, partition: int, records: Iterable[tuple[bytes, bytes | None]], group_end: int) -> None:
         """One atomic local write: the records and the persisted changelog offset of their group end."""
         batch = rocksdict.WriteBatch(raw_mode=True)
