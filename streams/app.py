@@ -270,7 +270,10 @@ class Pipeline:
                 continue
             if now - self.source_heard_at.get(source, self.started_at) < timeout_s:
                 continue
-            highwater, position = consumer.highwater(tp), await consumer.position(tp)
+            try:
+                highwater, position = consumer.highwater(tp), await consumer.position(tp)
+            except Exception:  # noqa: BLE001 - revoked by a rebalance meanwhile: not ours to declare
+                continue
             if highwater is None or position is None or position < highwater:
                 continue   # unread messages: a backlog, not an idle partition
             watermark = self.router.max_ts_ms.get(source, -1)
