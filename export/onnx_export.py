@@ -79,7 +79,7 @@ class StepGraph(nn.Module):
         for layer in range(self.n_layers):
             cache.update(past[2 * layer], past[2 * layer + 1], layer)
         h, present = self.model.hidden(input_ids, attention_mask, position_ids, numeric_prefix, cache)
-        out = [self.model.lm.lm_head(h[:, -1])]
+        out = [self.model.logits(h[:, -1])]
         for layer in range(self.n_layers):
             out += [present.layers[layer].keys, present.layers[layer].values]
         return tuple(out)

@@ -22,7 +22,7 @@ def prompt_logits_torch(torch_scorer, batch: FeatureBatch) -> np.ndarray:
     with torch.inference_mode():
         ids, mask, pos, numeric = prompt_inputs(rows, torch_scorer.features(batch), torch_scorer.config.n_prefix)
         h, _ = torch_scorer.model.hidden(ids, mask, pos, numeric)
-        return torch_scorer.model.lm.lm_head(h[:, -1]).numpy()
+        return torch_scorer.model.logits(h[:, -1]).numpy()
 
 
 def prompt_logits_onnx(bundle_scorer, batch: FeatureBatch) -> np.ndarray:

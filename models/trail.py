@@ -66,6 +66,7 @@ BOS_ID = 1   # <|im_start|>
 EOS_ID = 2   # <|im_end|>
 
 N_NUMERIC = 8  # numeric features per item besides the bucket counts (see numeric_features)
+MASKED_LOGIT = -1e9  # the logit of a token outside the output vocabulary: never chosen
 
 
 @dataclass
@@ -82,6 +83,7 @@ class TrailConfig:
     temperature: float = 0.1            # InfoNCE temperature
     max_text_tokens: int = 32           # item text is cut to this many tokens
     max_new_tokens: int = 64            # generation cap of an explanation
+    output_ids: list[int] = field(default_factory=list)  # the generator's output vocabulary; empty: all tokens
     llama: dict = field(default_factory=dict)   # LlamaConfig.to_dict() of the language model
 
     @property
@@ -162,6 +164,15 @@ class TrailModel(nn.Module):
         self.forecast_head = ForecastHead(config.n_item_features, d_model, config.head_hidden)
         self.forecast_proj = nn.Linear(config.head_hidden, config.proj_dim)   # forecast representation
         self.explain_proj = nn.Linear(d_model, config.proj_dim)    # explanation representation
+        # the output vocabulary (not saved with the weights: config.json holds it)
+        vocab_size = self.lm.config.vocab_size
+        ids = torch.tensor(sorted(set(config.output_ids)), dtype=torch.long)
+        if len(ids) and (int(ids[0]) < 0 or int(ids[-1]) >= vocab_size):
+            raise ValueError(f"output_ids must lie in [0, {vocab_size}), got {int(ids[0])}..{int(ids[-1])}")
+        index = torch.full((vocab_size,), -1, dtype=torch.long)
+        index[ids] = torch.arange(len(ids))
+        self.register_buffer("output_ids", ids, persistent=False)
+        self.register_buffer("output_index", index, persistent=False)   # token id -> output position, -1 outside
 
     def hidden(
         self,
@@ -189,7 +200,29 @@ class TrailModel(nn.Module):
     ):
         """One step: (logits [B, K+T, V], present cache)."""
         h, present = self.hidden(input_ids, attention_mask, position_ids, numeric_prefix, past_key_values)
-        return self.lm.lm_head(h), present
+        return self.logits(h), present
+
+    @property
+    def restricted_output(self) -> bool:
+        return len(self.output_ids) > 0
+
+    def output_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits over the output vocabulary only [..., V_out] (all V tokens when it is not restricted).
+
+        The tied embedding's rows of the output tokens: a tiny generator's explanations use a few hundred
+        token ids, and the 49k-way projection was most of its training step.
+        """
+        if not self.restricted_output:
+            return self.lm.lm_head(h)
+        return F.linear(h, self.lm.lm_head.weight[self.output_ids])
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Next-token logits over the whole vocabulary [..., V]: MASKED_LOGIT outside the output vocabulary."""
+        if not self.restricted_output:
+            return self.lm.lm_head(h)
+        out = self.output_logits(h)
+        full = out.new_full((*out.shape[:-1], self.lm.config.vocab_size), MASKED_LOGIT)
+        return full.scatter(-1, self.output_ids.expand(*out.shape[:-1], -1), out)
 
     def forecast(self, features: torch.Tensor, text_vec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(log1p next-bucket count [B], forecast hidden layer [B, head_hidden]) from features [B, F0]."""
@@ -226,10 +259,18 @@ def forecast_loss(forecast_log1p: torch.Tensor, target_count: torch.Tensor) -> t
 
 
 def explanation_loss(model: TrailModel, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy on the explanation tokens only (labels -100 elsewhere); lm_head on those rows only."""
+    """Next-token cross-entropy on the explanation tokens only (labels -100 elsewhere), over the output
+    vocabulary, on those rows only."""
     predict = labels[:, 1:] != -100
-    logits = model.lm.lm_head(h[:, :-1][predict])
-    return F.cross_entropy(logits.float(), labels[:, 1:][predict])
+    logits = model.output_logits(h[:, :-1][predict])
+    targets = labels[:, 1:][predict]
+    if model.restricted_output:
+        targets = model.output_index[targets]
+        if bool((targets < 0).any()):
+            missing = sorted(set(labels[:, 1:][predict][targets < 0].tolist()))
+            raise ValueError(f"explanation targets hold token ids {missing[:10]} outside the model's output "
+                             "vocabulary (TrailConfig.output_ids); rebuild it from the rationale templates")
+    return F.cross_entropy(logits.float(), targets)
 
 
 def info_nce(forecast_rep: torch.Tensor, positive_rep: torch.Tensor, hard_rep: torch.Tensor,

@@ -138,7 +138,7 @@ class TrailScorer:
         ids, mask, pos, numeric = prompt_inputs(rows, features, self.config.n_prefix)
         cache = DynamicCache(config=self.model.lm.config)
         h, cache = self.model.hidden(ids, mask, pos, numeric, cache)
-        next_ids = self.model.lm.lm_head(h[:, -1]).argmax(dim=-1)
+        next_ids = self.model.logits(h[:, -1]).argmax(dim=-1)
         no_prefix = numeric[:, :0]
         pos = pos[:, -1:]
         generated = []
@@ -151,7 +151,7 @@ class TrailScorer:
             mask = torch.cat([mask, torch.ones(len(rows), 1, dtype=mask.dtype)], dim=1)
             pos = pos + 1
             h, cache = self.model.hidden(next_ids[:, None], mask, pos, no_prefix, cache)
-            next_ids = self.model.lm.lm_head(h[:, -1]).argmax(dim=-1)
+            next_ids = self.model.logits(h[:, -1]).argmax(dim=-1)
         tokens = torch.stack(generated, dim=1).tolist()
         out = []
         for row in tokens:

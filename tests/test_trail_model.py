@@ -218,3 +218,55 @@ def test_training_on_cuda_without_a_device_fails_clearly_before_any_work() -> No
 
     with pytest.raises(ValueError, match="sees no CUDA device"):
         train(TrainConfig.for_base("tiny", device="cuda", steps=1))
+
+
+# --- the restricted output vocabulary ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rationale_ids(tokenizer) -> list[int]:
+    from models.train import rationale_output_ids
+
+    return rationale_output_ids(tokenizer, WEEK_S)
+
+
+def test_the_output_vocabulary_holds_every_token_of_every_template_on_the_catalogue(tokenizer, rationale_ids) -> None:
+    from models.datasets import load_dataset
+
+    texts = sorted(load_dataset("ml-100k").items.values())
+    rng = np.random.default_rng(0)
+    scale = rng.choice([0.5, 3.0, 15.0, 80.0], size=(len(texts), 1))
+    counts = rng.poisson(scale * rng.uniform(0.2, 2, (len(texts), 8)))
+    batch = FeatureBatch([str(i) for i in range(len(texts))], counts, np.full(len(texts), 99), 100, SPEC, texts)
+    forecasts = np.expm1(np.log1p(batch.signals["last_count"]) + rng.normal(0, 0.6, len(texts)))
+    targets = [rationale(batch.signals_of(i), float(forecasts[i]), WEEK_S, i, texts[i]) for i in range(len(texts))]
+    used = {t for row in tokenizer(targets, add_special_tokens=False)["input_ids"] for t in row}
+    assert used <= set(rationale_ids), tokenizer.convert_ids_to_tokens(sorted(used - set(rationale_ids)))
+    assert len(rationale_ids) < 300
+
+
+def test_a_restricted_generator_never_writes_a_token_outside_its_vocabulary(rationale_ids) -> None:
+    from models.trail import MASKED_LOGIT, TrailConfig, build_model
+
+    model = build_model(TrailConfig(base="tiny", output_ids=rationale_ids), seed=0)
+    h = torch.randn(3, 5, model.lm.config.hidden_size)
+    with torch.no_grad():
+        full, restricted = model.logits(h), model.output_logits(h)
+    assert full.shape[-1] == model.lm.config.vocab_size and restricted.shape[-1] == len(rationale_ids)
+    torch.testing.assert_close(full[..., model.output_ids], restricted)
+    outside = torch.ones(full.shape[-1], dtype=torch.bool)
+    outside[model.output_ids] = False
+    assert bool((full[..., outside] == MASKED_LOGIT).all())
+    assert set(full.argmax(dim=-1).flatten().tolist()) <= set(rationale_ids)
+
+
+def test_an_explanation_target_outside_the_output_vocabulary_fails_clearly(rationale_ids) -> None:
+    from models.trail import TrailConfig, build_model, explanation_loss
+
+    model = build_model(TrailConfig(base="tiny", output_ids=rationale_ids), seed=0)
+    h = torch.randn(1, 3, model.lm.config.hidden_size)
+    inside = torch.tensor([[-100, rationale_ids[3], rationale_ids[4]]])
+    assert torch.isfinite(explanation_loss(model, h, inside))
+    outside_id = next(i for i in range(100, 50_000) if i not in set(rationale_ids))
+    with pytest.raises(ValueError, match="outside the model's output vocabulary"):
+        explanation_loss(model, h, torch.tensor([[-100, rationale_ids[3], outside_id]]))
