@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import DynamicCache
 
 from models.backtest import DEFAULT_ORIGINS
 from models.faithfulness import check_explanation
@@ -79,6 +80,7 @@ class TrainConfig:
     forecast_jitter: float = 0.25     # log-normal sigma on the training forecast in the evidence line
     encoder_grad: bool = False        # backpropagate the contrastive loss through the explanation encoder too
     output_vocab: str = "all"         # "all" tokens, or "rationales": only those the rationale templates write
+    copy_path: bool = False           # a pointer over the prompt's tokens beside the vocabulary (needs rationales)
     descriptor: bool = True           # rationale targets may name the item ("this 1995 action thriller")
     lora_r: int = 16
     lora_alpha: int = 32
@@ -293,8 +295,11 @@ def train_step(model: TrailModel, builder: StepBuilder, data: Examples, rows: np
         ex_mask = torch.cat([torch.ones(k, n_prefix, dtype=torch.long), ex_mask], dim=1)
         numeric = numeric_prefix_inputs(torch.from_numpy(data.features[rows[:k]]), n_prefix)
         ex_ids, ex_mask, labels, numeric = ex_ids.to(dev), ex_mask.to(dev), labels.to(dev), numeric.to(dev)
-        h_ex, _ = model.hidden(ex_ids, ex_mask, positions_from_mask(ex_mask), numeric)
-        losses["explanation"] = explanation_loss(model, h_ex[:, n_prefix:], labels)
+        cache = DynamicCache(config=model.lm.config) if model.config.copy_path else None
+        h_ex, present = model.hidden(ex_ids, ex_mask, positions_from_mask(ex_mask), numeric, cache)
+        context_ids = torch.cat([torch.zeros(k, n_prefix, dtype=torch.long, device=dev), ex_ids], dim=1)
+        copy = model.copy_context(present, context_ids, ex_mask)
+        losses["explanation"] = explanation_loss(model, h_ex[:, n_prefix:], labels, copy)
 
     if cfg.contrastive and cfg.contrastive_rows > 0:
         k = cfg.contrastive_rows
@@ -441,7 +446,7 @@ def train(cfg: TrainConfig, out_dir: Path | None = None, progress: Progress | No
 
     progress.on_phase("model", 1)
     tokenizer = load_tokenizer()
-    config = TrailConfig(base=cfg.base, n_buckets=spec.n_buckets, bucket_s=spec.bucket_s)
+    config = TrailConfig(base=cfg.base, n_buckets=spec.n_buckets, bucket_s=spec.bucket_s, copy_path=cfg.copy_path)
     if cfg.output_vocab == "rationales":
         config.output_ids = rationale_output_ids(tokenizer, spec.bucket_s)
     elif cfg.output_vocab != "all":
