@@ -105,12 +105,14 @@ class TrainConfig:
             defaults.update(batch_size=16, explain_rows=4, contrastive_rows=8, lr=5e-4, head_lr=1e-3, val_rows=1000,
                             max_minutes=100.0)
         else:
-            # Most of a tiny step is the 49k-token LM head: labelling 30 % of the rationale's word tokens
-            # (numbers and directions always) and a 32-row forecast batch take a step from 0.58 to 0.34 s on
-            # 2 cores (816 steps took 4.5 minutes), so the default 700 steps train in ~4 minutes; the GPU sweep
-            # in README "TRAIL model" shows faithfulness needs ~1,000.
-            defaults.update(batch_size=32, explain_rows=16, contrastive_rows=8, explain_token_share=0.3,
-                            output_vocab="rationales", max_minutes=8.0)
+            # README "The tiny generator in its fixed steps": the output vocabulary of the rationale templates
+            # (129 ids instead of the 49k-way head) and fused AdamW made a step cheap enough for 32 explanation
+            # rows with every rationale token labelled (0.32 s per step on 2 cores: 700 steps in ~4 minutes), and
+            # the copy path, which copies the evidence line's numbers, took validation faithfulness from 0.06 to
+            # 0.99-1.00 (two seeds). Targets call the item "it": the descriptor ("this 1995 action thriller")
+            # measured worse in the same steps.
+            defaults.update(batch_size=32, explain_rows=32, contrastive_rows=8, explain_token_share=1.0,
+                            output_vocab="rationales", copy_path=True, descriptor=False, max_minutes=8.0)
         defaults.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**defaults)
 
