@@ -3,11 +3,13 @@
 Three graphs, traced from the same `TrailModel` methods the torch scorer runs (torch.onnx.export,
 dynamo=False, opset 17, dynamic batch / sequence / cache axes):
 
-- step graph: (input_ids, attention_mask, position_ids, numeric_prefix, past_key_i, past_value_i ...) ->
+- step graph: (input_ids, attention_mask, position_ids, numeric_prefix[, context_ids], past_key_i, past_value_i
+  ...) ->
   (logits at the last position [B, V], present_key_i, present_value_i ...). The prompt
   pass feeds an empty cache ([B, H, 0, Dh]) and the numeric prefix [B, P, F]; each decoding step feeds one
   token, the cache and a prefix of length 0. Only the last position's logits leave the graph (greedy
-  decoding reads nothing else), which saves the [B, T, V] projection of the prompt.
+  decoding reads nothing else), which saves the [B, T, V] projection of the prompt. A model with a copy path
+  (`models.trail`) also takes `context_ids` [B, total_len], the token id of every position so far.
 - text graph: (input_ids, attention_mask) of "<|im_start|> item text" -> text_vec [B, d] (`read_text`);
   the server runs it once per item and caches the vector;
 - forecast graph: (features [B, F0], text_vec [B, d]) -> forecast_log1p [B] (`TrailModel.forecast`), a
@@ -42,7 +44,7 @@ from export.bundle import (
     TOKENIZER_FILE,
     write_manifest,
 )
-from models.trail import TrailModel, left_pad, prompt_inputs
+from models.trail import TrailModel, context_ids, left_pad, prompt_inputs
 
 OPSET = 17
 STEP_INPUTS = ("input_ids", "attention_mask", "position_ids", "numeric_prefix")
@@ -72,14 +74,16 @@ class StepGraph(nn.Module):
         self.model = model
         self.n_layers = model.lm.config.num_hidden_layers
 
-    def forward(self, input_ids, attention_mask, position_ids, numeric_prefix, *past):
+    def forward(self, input_ids, attention_mask, position_ids, numeric_prefix, *rest):
         from transformers import DynamicCache
 
+        context_ids, past = (rest[0], rest[1:]) if self.model.config.copy_path else (None, rest)
         cache = DynamicCache(config=self.model.lm.config)
         for layer in range(self.n_layers):
             cache.update(past[2 * layer], past[2 * layer + 1], layer)
-        h, present = self.model.hidden(input_ids, attention_mask, position_ids, numeric_prefix, cache)
-        out = [self.model.lm.lm_head(h[:, -1])]
+        logits, present = self.model.next_token_logits(input_ids, attention_mask, position_ids, numeric_prefix, cache,
+                                                       context_ids)
+        out = [logits]
         for layer in range(self.n_layers):
             out += [present.layers[layer].keys, present.layers[layer].values]
         return tuple(out)
@@ -117,7 +121,16 @@ def example_inputs(model: TrailModel, past_len: int) -> tuple[torch.Tensor, ...]
         mask = torch.cat([torch.ones(2, past_len, dtype=torch.long), mask], dim=1)
         pos = pos + past_len
     past = [torch.zeros(2, g["n_kv_heads"], past_len, g["head_dim"]) for _ in range(2 * g["n_layers"])]
+    if model.config.copy_path:   # the token id of every position: past, prefix placeholders, new tokens
+        context = torch.cat([torch.full((2, past_len), 5, dtype=torch.long), context_ids(ids, model.config.n_prefix)],
+                            dim=1)
+        return (ids, mask, pos, numeric, context, *past)
     return (ids, mask, pos, numeric, *past)
+
+
+def step_input_names(model: TrailModel) -> list[str]:
+    """The step graph's inputs besides the cache: context_ids too when the model has a copy path."""
+    return [*STEP_INPUTS, "context_ids"] if model.config.copy_path else list(STEP_INPUTS)
 
 
 def export_step_graph(model: TrailModel, path: Path) -> None:
@@ -125,12 +138,12 @@ def export_step_graph(model: TrailModel, path: Path) -> None:
     past, present = past_names(g["n_layers"]), present_names(g["n_layers"])
     axes = {"input_ids": {0: "batch", 1: "new_tokens"}, "attention_mask": {0: "batch", 1: "total_len"},
             "position_ids": {0: "batch", 1: "new_len"}, "numeric_prefix": {0: "batch", 1: "prefix_len"},
-            "logits": {0: "batch"}}
+            "logits": {0: "batch"}, "context_ids": {0: "batch", 1: "total_len"}}
     axes.update({name: {0: "batch", 2: "past_len"} for name in past})
     axes.update({name: {0: "batch", 2: "present_len"} for name in present})
     torch.onnx.export(
         StepGraph(model), example_inputs(model, past_len=3), str(path), dynamo=False, opset_version=OPSET,
-        input_names=[*STEP_INPUTS, *past], output_names=["logits", *present],
+        input_names=[*step_input_names(model), *past], output_names=["logits", *present],
         dynamic_axes=axes, do_constant_folding=True,
     )
 
@@ -212,7 +225,7 @@ def export_bundle(model_name_or_path: str, out_dir: Path | None = None, int8: bo
             "sha256"], "base": config.get("base"), "source_dir": str(model_dir)},
         "precision": "int8-dynamic" if int8 else "fp32",
         "graph": {**cache_geometry(model), "opset": OPSET, "step": STEP_GRAPH, "text": TEXT_GRAPH,
-                  "forecast": FORECAST_GRAPH, "tokenizer": TOKENIZER_FILE, "inputs": list(STEP_INPUTS),
+                  "forecast": FORECAST_GRAPH, "tokenizer": TOKENIZER_FILE, "inputs": step_input_names(model),
                   "outputs": ["logits"],
                   "d_model": model.lm.config.hidden_size, "n_item_features": model.config.n_item_features},
         "trail_config": {k: v for k, v in config.items() if k != "llama"},

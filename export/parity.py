@@ -15,22 +15,27 @@ from models.features import FeatureBatch
 def prompt_logits_torch(torch_scorer, batch: FeatureBatch) -> np.ndarray:
     """Logits [n, V] at the forecast marker of every row, from the torch model."""
     import torch
+    from transformers import DynamicCache
 
-    from models.trail import prompt_inputs
+    from models.trail import context_ids, prompt_inputs
 
     rows = torch_scorer.tokens.prompts(batch.texts)
+    model = torch_scorer.model
     with torch.inference_mode():
         ids, mask, pos, numeric = prompt_inputs(rows, torch_scorer.features(batch), torch_scorer.config.n_prefix)
-        h, _ = torch_scorer.model.hidden(ids, mask, pos, numeric)
-        return torch_scorer.model.lm.lm_head(h[:, -1]).numpy()
+        logits, _ = model.next_token_logits(ids, mask, pos, numeric, DynamicCache(config=model.lm.config),
+                                            context_ids(ids, model.config.n_prefix))
+        return logits.numpy()
 
 
 def prompt_logits_onnx(bundle_scorer, batch: FeatureBatch) -> np.ndarray:
     """Logits [n, V] of the step graph's prompt pass (empty cache)."""
-    from export.prompts import prompt_inputs
+    from export.prompts import context_ids, prompt_inputs
 
     rows = bundle_scorer.tokens.prompts(batch.texts)
     feeds = prompt_inputs(rows, bundle_scorer.features(batch), bundle_scorer.runtime.geometry.n_prefix)
+    if bundle_scorer.runtime.copy_path:
+        feeds["context_ids"] = context_ids(feeds["input_ids"], bundle_scorer.runtime.geometry.n_prefix)
     logits, _ = bundle_scorer.runtime.step(feeds, bundle_scorer.runtime.empty_cache(len(rows)))
     return logits
 

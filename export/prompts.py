@@ -58,6 +58,12 @@ def prompt_inputs(token_rows: list[list[int]], features: np.ndarray, n_prefix: i
     }
 
 
+def context_ids(input_ids: np.ndarray, n_prefix: int) -> np.ndarray:
+    """The token id of every position of a prompt pass [B, K + T]: a placeholder (0) under the numeric prefix
+    (the step graph's `context_ids` input, for a model with a copy path; `models.trail.context_ids`)."""
+    return np.concatenate([np.zeros((input_ids.shape[0], n_prefix), dtype=np.int64), input_ids], axis=1)
+
+
 def tokenizer_from_bytes(data: bytes):
     """A `tokenizers.Tokenizer` from the verified bytes of a tokenizer.json; no transformers, no torch."""
     from tokenizers import Tokenizer

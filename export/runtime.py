@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from export.prompts import EOS_ID, left_pad, prompt_inputs
+from export.prompts import EOS_ID, context_ids, left_pad, prompt_inputs
 from models.text_vectors import TextVectorCache, read_in_length_order
 
 if TYPE_CHECKING:
@@ -159,6 +159,7 @@ class TrailRuntime:
         self.report = report
         self.present_names = [o.name for o in step_session.get_outputs()][1:]
         self.past_names = [name.replace("present_", "past_") for name in self.present_names]
+        self.copy_path = any(i.name == "context_ids" for i in step_session.get_inputs())   # see models.trail
         self.text_cache = TextVectorCache()
 
     @classmethod
@@ -207,6 +208,8 @@ class TrailRuntime:
         (its later tokens are cut off anyway), so the batch shrinks as rows finish.
         """
         feeds = prompt_inputs(rows, features, self.geometry.n_prefix)
+        if self.copy_path:
+            feeds["context_ids"] = context_ids(feeds["input_ids"], self.geometry.n_prefix)
         logits, cache = self.step(feeds, self.empty_cache(len(rows)))
         next_ids = logits.argmax(axis=-1).astype(np.int64)
         mask, pos = feeds["attention_mask"], feeds["position_ids"][:, -1:]
@@ -218,13 +221,17 @@ class TrailRuntime:
             keep = next_ids != EOS_ID
             if not keep.any() or len(out[active[0]]) == max_new_tokens:
                 break
+            context = feeds.get("context_ids")
             if not keep.all():
                 active, next_ids, mask, pos = active[keep], next_ids[keep], mask[keep], pos[keep]
                 cache = {name: value[keep] for name, value in cache.items()}
+                context = None if context is None else context[keep]
             mask = np.concatenate([mask, np.ones((len(active), 1), dtype=np.int64)], axis=1)
             pos = pos + 1
-            step_feeds = {"input_ids": next_ids[:, None], "attention_mask": mask, "position_ids": pos,
-                          "numeric_prefix": np.zeros((len(active), 0, self.geometry.n_features), dtype=np.float32)}
-            logits, cache = self.step(step_feeds, cache)
+            feeds = {"input_ids": next_ids[:, None], "attention_mask": mask, "position_ids": pos,
+                     "numeric_prefix": np.zeros((len(active), 0, self.geometry.n_features), dtype=np.float32)}
+            if context is not None:
+                feeds["context_ids"] = np.concatenate([context, next_ids[:, None]], axis=1)
+            logits, cache = self.step(feeds, cache)
             next_ids = logits.argmax(axis=-1).astype(np.int64)
         return out

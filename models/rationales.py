@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.wording import (
+    GENRE_WORDS,
     change_words,
     direction_of,
     fmt_count,
@@ -193,3 +194,29 @@ def wrong_forecasts(signals: dict[str, float], forecast: float) -> tuple[float, 
 def template_choices(n: int, seed: int) -> np.ndarray:
     """Seeded template indices for n rationales."""
     return np.random.default_rng(seed).integers(0, N_TEMPLATES, size=n)
+
+
+def vocabulary_texts(bucket_s: int, seed: int = 0) -> list[str]:
+    """Rationales that, together, hold every token the templates can write: each template over random count
+    histories (quiet, flat, rising, falling, jumps; forecasts anywhere) with every genre as a descriptor's
+    modifier and as its noun, with and without a year. A generator restricted to these tokens
+    (`models.trail.TrailConfig.output_ids`) can still write every template.
+    """
+    rng = np.random.default_rng(seed)
+    genres = [g.title() for g in GENRE_WORDS]
+    item_texts = [f"Film ({1930 + i % 70}) | {a}, {b}" for i, (a, b) in
+                  enumerate((a, b) for a in genres for b in genres if a != b)]
+    item_texts += [f"Film | {g}" for g in genres] + ["Film (1995)", ""]
+    texts = []
+    for item_text in item_texts:
+        counts = rng.poisson(rng.choice([0.5, 3.0, 15.0, 80.0]) * rng.uniform(0.2, 2.0, size=3)).astype(float)
+        if rng.random() < 0.3:
+            counts[-1] *= rng.integers(2, 5)
+        prev2, prev, last = counts
+        signals = {"last_count": last, "prev_count": prev, "velocity": last - prev,
+                   "acceleration": (last - prev) - (prev - prev2),
+                   "growth_pct": round(100.0 * (last - prev) / max(prev, 1.0), 4),
+                   "mean_count": round(float(np.mean(counts)) * rng.uniform(0.5, 1.5), 4)}
+        forecast = float(np.expm1(np.log1p(last) + rng.normal(0.0, 0.6)))
+        texts += [rationale(signals, forecast, bucket_s, t, item_text) for t in range(N_TEMPLATES)]
+    return texts

@@ -26,12 +26,21 @@ A sequence is laid out as
   MFLOP for tiny; README "ONNX export and serving");
 - explanation: generated after an evidence line that holds the signals and the model's *own* forecast
   (`models.rationales.evidence_text`), so the words and the score agree;
+- output vocabulary (`TrailConfig.output_ids`, tiny): the generator's softmax runs over the ~130 token ids the
+  rationale templates write (`models.rationales.vocabulary_texts`), not 49k; logits outside it are MASKED_LOGIT;
+- copy path (`TrailConfig.copy_path`, tiny): a pointer (See, Liu, Manning, "Get To The Point", ACL 2017) whose
+  query is projected from the final hidden state and whose keys are the last layer's cached keys of every
+  context position; its scores and the vocabulary logits share one softmax, and a token's probability sums
+  its vocabulary share and the pointer's shares of the positions holding it. Numbers are copied digit by
+  digit from the evidence line instead of being regenerated. The step needs `context_ids` (the token id of
+  every cached position);
 - contrastive alignment (`info_nce`): the forecast representation against the representation of the
   item's grounded explanation, with the other items' explanations in the batch and hard negatives (same
   item, flipped direction or wrong magnitude) as negatives.
 
 `TrailModel.forward` is one export-friendly "step": (input_ids, attention_mask, position_ids,
-numeric_prefix, past_key_values) -> (logits, present_key_values). The prefix count K is the second
+numeric_prefix, past_key_values[, context_ids]) -> (logits, present_key_values); `next_token_logits` is the
+same at the last position only (greedy decoding, the ONNX step graph). The prefix count K is the second
 dimension of `numeric_prefix` (P on the prompt pass, 0 on decoding steps), so there is no data-dependent
 Python control flow. No data loading, training loop or I/O of datasets here.
 """
@@ -65,6 +74,7 @@ BOS_ID = 1   # <|im_start|>
 EOS_ID = 2   # <|im_end|>
 
 N_NUMERIC = 8  # numeric features per item besides the bucket counts (see numeric_features)
+MASKED_LOGIT = -1e9  # the logit of a token outside the output vocabulary: never chosen
 
 
 @dataclass
@@ -81,6 +91,8 @@ class TrailConfig:
     temperature: float = 0.1            # InfoNCE temperature
     max_text_tokens: int = 32           # item text is cut to this many tokens
     max_new_tokens: int = 64            # generation cap of an explanation
+    output_ids: list[int] = field(default_factory=list)  # the generator's output vocabulary; empty: all tokens
+    copy_path: bool = False             # a pointer over the context's tokens beside the vocabulary (needs output_ids)
     llama: dict = field(default_factory=dict)   # LlamaConfig.to_dict() of the language model
 
     @property
@@ -113,6 +125,16 @@ def numeric_prefix_inputs(features: torch.Tensor, n_prefix: int) -> torch.Tensor
 
 
 # --- modules ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CopyContext:
+    """The positions a copy path may point at: last-layer keys [B, Hkv, S, Dh], the output-vocabulary position
+    of each one's token [B, S], and which may be copied [B, S] (tokens of the output vocabulary, no padding)."""
+
+    keys: torch.Tensor
+    source: torch.Tensor
+    valid: torch.Tensor
 
 
 class NumericPrefix(nn.Module):
@@ -161,6 +183,21 @@ class TrailModel(nn.Module):
         self.forecast_head = ForecastHead(config.n_item_features, d_model, config.head_hidden)
         self.forecast_proj = nn.Linear(config.head_hidden, config.proj_dim)   # forecast representation
         self.explain_proj = nn.Linear(d_model, config.proj_dim)    # explanation representation
+        # the output vocabulary (not saved with the weights: config.json holds it)
+        vocab_size = self.lm.config.vocab_size
+        ids = torch.tensor(sorted(set(config.output_ids)), dtype=torch.long)
+        if len(ids) and (int(ids[0]) < 0 or int(ids[-1]) >= vocab_size):
+            raise ValueError(f"output_ids must lie in [0, {vocab_size}), got {int(ids[0])}..{int(ids[-1])}")
+        index = torch.full((vocab_size,), -1, dtype=torch.long)
+        index[ids] = torch.arange(len(ids))
+        self.register_buffer("output_ids", ids, persistent=False)
+        self.register_buffer("output_index", index, persistent=False)   # token id -> output position, -1 outside
+        if config.copy_path:
+            if not len(ids):
+                raise ValueError("copy_path needs a restricted output vocabulary (output_ids)")
+            lm_cfg = self.lm.config
+            head_dim = getattr(lm_cfg, "head_dim", None) or lm_cfg.hidden_size // lm_cfg.num_attention_heads
+            self.copy_query = nn.Linear(d_model, lm_cfg.num_key_value_heads * head_dim, bias=False)
 
     def hidden(
         self,
@@ -185,10 +222,76 @@ class TrailModel(nn.Module):
         position_ids: torch.Tensor,      # int64 [B, K + T]
         numeric_prefix: torch.Tensor,    # float32 [B, K, n_features]; K = n_prefix on the prompt pass, 0 after
         past_key_values=None,            # transformers Cache (DynamicCache) or None
+        context_ids=None,                # int64 [B, past + K + T]: token id of every position (copy path only)
     ):
         """One step: (logits [B, K+T, V], present cache)."""
+        if self.config.copy_path and past_key_values is None:
+            from transformers import DynamicCache
+
+            past_key_values = DynamicCache(config=self.lm.config)
         h, present = self.hidden(input_ids, attention_mask, position_ids, numeric_prefix, past_key_values)
-        return self.lm.lm_head(h), present
+        return self.logits(h, self.copy_context(present, context_ids, attention_mask)), present
+
+    def next_token_logits(self, input_ids, attention_mask, position_ids, numeric_prefix, past_key_values,
+                          context_ids=None):
+        """What greedy decoding reads: (logits [B, V] at the last position only, present cache); the step graph."""
+        h, present = self.hidden(input_ids, attention_mask, position_ids, numeric_prefix, past_key_values)
+        copy = self.copy_context(present, context_ids, attention_mask)
+        return self.logits(h[:, -1:], copy)[:, -1], present
+
+    def copy_context(self, present, context_ids, attention_mask) -> CopyContext | None:
+        """What the copy path points at: the last layer's cached keys of every position, and its token.
+
+        Only token positions whose token is in the output vocabulary can be copied (never the numeric prefix,
+        whose context id is a placeholder, nor padding). None without a copy path.
+        """
+        if not self.config.copy_path:
+            return None
+        if context_ids is None:
+            raise ValueError("a TRAIL model with a copy path needs context_ids (the token id of every position)")
+        keys = present.layers[-1].keys                                    # [B, Hkv, S, Dh]
+        source = self.output_index[context_ids]                            # [B, S], -1 outside the vocabulary
+        not_prefix = torch.arange(context_ids.shape[1], device=context_ids.device) >= self.config.n_prefix
+        valid = (source >= 0) & (attention_mask > 0) & not_prefix
+        return CopyContext(keys, source.clamp(min=0), valid)
+
+    @property
+    def restricted_output(self) -> bool:
+        return len(self.output_ids) > 0
+
+    def output_logits(self, h: torch.Tensor, copy: CopyContext | None = None) -> torch.Tensor:
+        """Logits over the output vocabulary only [..., V_out] (all V tokens when it is not restricted).
+
+        The tied embedding's rows of the output tokens: a tiny generator's explanations use a few hundred
+        token ids, and the 49k-way projection was most of its training step. With a copy path (h [B, T, d],
+        the last T positions of the copy context), each token's probability is the softmax over the
+        vocabulary logits and the pointer scores together, summed over the positions holding that token
+        (pointer-generator, See et al. 2017): the log of that sum is returned, so softmax/argmax still apply.
+        """
+        if not self.restricted_output:
+            return self.lm.lm_head(h)
+        vocab = F.linear(h, self.lm.lm_head.weight[self.output_ids])
+        if copy is None:
+            return vocab
+        b, t, _ = h.shape
+        n_kv, n_src, head_dim = copy.keys.shape[1], copy.keys.shape[2], copy.keys.shape[3]
+        query = self.copy_query(h).view(b, t, n_kv, head_dim).transpose(1, 2)           # [B, Hkv, T, Dh]
+        scores = (query @ copy.keys.transpose(-1, -2)).sum(dim=1) / math.sqrt(n_kv * head_dim)   # [B, T, S]
+        query_at = n_src - t + torch.arange(t, device=h.device)                           # absolute positions
+        causal = torch.arange(n_src, device=h.device)[None, :] <= query_at[:, None]
+        scores = scores.masked_fill(~(causal[None] & copy.valid[:, None, :]), MASKED_LOGIT)
+        top = torch.maximum(vocab.amax(dim=-1, keepdim=True), scores.amax(dim=-1, keepdim=True)).detach()
+        copied = torch.zeros_like(vocab).scatter_add(-1, copy.source[:, None, :].expand(b, t, n_src),
+                                                      torch.exp(scores - top))
+        return torch.log(torch.exp(vocab - top) + copied) + top
+
+    def logits(self, h: torch.Tensor, copy: CopyContext | None = None) -> torch.Tensor:
+        """Next-token logits over the whole vocabulary [..., V]: MASKED_LOGIT outside the output vocabulary."""
+        if not self.restricted_output:
+            return self.lm.lm_head(h)
+        out = self.output_logits(h, copy)
+        full = out.new_full((*out.shape[:-1], self.lm.config.vocab_size), MASKED_LOGIT)
+        return full.scatter(-1, self.output_ids.expand(*out.shape[:-1], -1), out)
 
     def forecast(self, features: torch.Tensor, text_vec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(log1p next-bucket count [B], forecast hidden layer [B, head_hidden]) from features [B, F0]."""
@@ -224,11 +327,23 @@ def forecast_loss(forecast_log1p: torch.Tensor, target_count: torch.Tensor) -> t
     return F.l1_loss(forecast_log1p, torch.log1p(target_count.float()))
 
 
-def explanation_loss(model: TrailModel, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy on the explanation tokens only (labels -100 elsewhere); lm_head on those rows only."""
+def explanation_loss(model: TrailModel, h: torch.Tensor, labels: torch.Tensor,
+                     copy: CopyContext | None = None) -> torch.Tensor:
+    """Next-token cross-entropy on the explanation tokens only (labels -100 elsewhere), over the output
+    vocabulary (and the copy path's pointer, when given: h is then the last positions of its context)."""
     predict = labels[:, 1:] != -100
-    logits = model.lm.lm_head(h[:, :-1][predict])
-    return F.cross_entropy(logits.float(), labels[:, 1:][predict])
+    if copy is not None:
+        logits = model.output_logits(h, copy)[:, :-1][predict]
+    else:
+        logits = model.output_logits(h[:, :-1][predict])
+    targets = labels[:, 1:][predict]
+    if model.restricted_output:
+        targets = model.output_index[targets]
+        if bool((targets < 0).any()):
+            missing = sorted(set(labels[:, 1:][predict][targets < 0].tolist()))
+            raise ValueError(f"explanation targets hold token ids {missing[:10]} outside the model's output "
+                             "vocabulary (TrailConfig.output_ids); rebuild it from the rationale templates")
+    return F.cross_entropy(logits.float(), targets)
 
 
 def info_nce(forecast_rep: torch.Tensor, positive_rep: torch.Tensor, hard_rep: torch.Tensor,
@@ -258,6 +373,11 @@ def left_pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
             ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
             mask[i, width - len(r):] = 1
     return ids, mask
+
+
+def context_ids(input_ids: torch.Tensor, n_prefix: int) -> torch.Tensor:
+    """The token id of every position of a prompt pass [B, K + T]: a placeholder (0) under the numeric prefix."""
+    return torch.cat([torch.zeros(input_ids.shape[0], n_prefix, dtype=torch.long), input_ids], dim=1)
 
 
 def prompt_inputs(token_rows: list[list[int]], features: np.ndarray, n_prefix: int):

@@ -24,6 +24,7 @@ from models.trail import (
     EOS_ID,
     TrailConfig,
     TrailModel,
+    context_ids,
     left_pad,
     numeric_features,
     prompt_inputs,
@@ -135,9 +136,10 @@ class TrailScorer:
         from transformers import DynamicCache
 
         ids, mask, pos, numeric = prompt_inputs(rows, features, self.config.n_prefix)
+        context = context_ids(ids, self.config.n_prefix)
         cache = DynamicCache(config=self.model.lm.config)
-        h, cache = self.model.hidden(ids, mask, pos, numeric, cache)
-        next_ids = self.model.lm.lm_head(h[:, -1]).argmax(dim=-1)
+        logits, cache = self.model.next_token_logits(ids, mask, pos, numeric, cache, context)
+        next_ids = logits.argmax(dim=-1)
         no_prefix = numeric[:, :0]
         pos = pos[:, -1:]
         generated = []
@@ -148,9 +150,10 @@ class TrailScorer:
             if bool(done.all()):
                 break
             mask = torch.cat([mask, torch.ones(len(rows), 1, dtype=mask.dtype)], dim=1)
+            context = torch.cat([context, next_ids[:, None]], dim=1)
             pos = pos + 1
-            h, cache = self.model.hidden(next_ids[:, None], mask, pos, no_prefix, cache)
-            next_ids = self.model.lm.lm_head(h[:, -1]).argmax(dim=-1)
+            logits, cache = self.model.next_token_logits(next_ids[:, None], mask, pos, no_prefix, cache, context)
+            next_ids = logits.argmax(dim=-1)
         tokens = torch.stack(generated, dim=1).tolist()
         out = []
         for row in tokens:

@@ -34,6 +34,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--head-lr", type=float, default=None, help="learning rate of the prefix, head and projections")
     p.add_argument("--explain-token-share", type=float, default=None,
                    help="share of the rationale's word tokens in the loss (numbers and directions always count)")
+    p.add_argument("--output-vocab", choices=("all", "rationales"), default=None,
+                   help="the generator's output tokens: all 49k, or only those the rationale templates write "
+                   "(default: tiny rationales, smollm2 all)")
+    p.add_argument("--copy-path", action=argparse.BooleanOptionalAction, default=None,
+                   help="a pointer that copies tokens (numbers) from the prompt's evidence line beside the output "
+                   "vocabulary (default: tiny on, smollm2 off; needs --output-vocab rationales)")
+    p.add_argument("--no-descriptor", action="store_true",
+                   help="rationale targets call the item 'it', never 'this 1995 action thriller'")
     p.add_argument("--contrastive-weight", type=float, default=None, help="weight of the InfoNCE loss (0.5)")
     p.add_argument("--origins", dest="n_origins", type=int, default=None,
                    help="backtest origins kept out of training (default 50; match `trail backtest --origins`)")
@@ -67,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, explain_rows=args.explain_rows,
         contrastive_rows=args.contrastive_rows, lr=args.lr, head_lr=args.head_lr,
         contrastive_weight=args.contrastive_weight, explain_token_share=args.explain_token_share,
+        output_vocab=args.output_vocab, copy_path=args.copy_path, descriptor=False if args.no_descriptor else None,
         n_origins=args.n_origins, val_days=args.val_days,
         max_minutes=args.max_minutes, threads=args.threads, device=args.device,
     )

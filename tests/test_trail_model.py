@@ -218,3 +218,112 @@ def test_training_on_cuda_without_a_device_fails_clearly_before_any_work() -> No
 
     with pytest.raises(ValueError, match="sees no CUDA device"):
         train(TrainConfig.for_base("tiny", device="cuda", steps=1))
+
+
+# --- the restricted output vocabulary ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rationale_ids(tokenizer) -> list[int]:
+    from models.train import rationale_output_ids
+
+    return rationale_output_ids(tokenizer, WEEK_S)
+
+
+def test_the_output_vocabulary_holds_every_token_of_every_template_on_the_catalogue(tokenizer, rationale_ids) -> None:
+    from models.datasets import load_dataset
+
+    texts = sorted(load_dataset("ml-100k").items.values())
+    rng = np.random.default_rng(0)
+    scale = rng.choice([0.5, 3.0, 15.0, 80.0], size=(len(texts), 1))
+    counts = rng.poisson(scale * rng.uniform(0.2, 2, (len(texts), 8)))
+    batch = FeatureBatch([str(i) for i in range(len(texts))], counts, np.full(len(texts), 99), 100, SPEC, texts)
+    forecasts = np.expm1(np.log1p(batch.signals["last_count"]) + rng.normal(0, 0.6, len(texts)))
+    targets = [rationale(batch.signals_of(i), float(forecasts[i]), WEEK_S, i, texts[i]) for i in range(len(texts))]
+    used = {t for row in tokenizer(targets, add_special_tokens=False)["input_ids"] for t in row}
+    assert used <= set(rationale_ids), tokenizer.convert_ids_to_tokens(sorted(used - set(rationale_ids)))
+    assert len(rationale_ids) < 300
+
+
+def test_a_restricted_generator_never_writes_a_token_outside_its_vocabulary(rationale_ids) -> None:
+    from models.trail import MASKED_LOGIT, TrailConfig, build_model
+
+    model = build_model(TrailConfig(base="tiny", output_ids=rationale_ids), seed=0)
+    h = torch.randn(3, 5, model.lm.config.hidden_size)
+    with torch.no_grad():
+        full, restricted = model.logits(h), model.output_logits(h)
+    assert full.shape[-1] == model.lm.config.vocab_size and restricted.shape[-1] == len(rationale_ids)
+    torch.testing.assert_close(full[..., model.output_ids], restricted)
+    outside = torch.ones(full.shape[-1], dtype=torch.bool)
+    outside[model.output_ids] = False
+    assert bool((full[..., outside] == MASKED_LOGIT).all())
+    assert set(full.argmax(dim=-1).flatten().tolist()) <= set(rationale_ids)
+
+
+def test_an_explanation_target_outside_the_output_vocabulary_fails_clearly(rationale_ids) -> None:
+    from models.trail import TrailConfig, build_model, explanation_loss
+
+    model = build_model(TrailConfig(base="tiny", output_ids=rationale_ids), seed=0)
+    h = torch.randn(1, 3, model.lm.config.hidden_size)
+    inside = torch.tensor([[-100, rationale_ids[3], rationale_ids[4]]])
+    assert torch.isfinite(explanation_loss(model, h, inside))
+    outside_id = next(i for i in range(100, 50_000) if i not in set(rationale_ids))
+    with pytest.raises(ValueError, match="outside the model's output vocabulary"):
+        explanation_loss(model, h, torch.tensor([[-100, rationale_ids[3], outside_id]]))
+
+
+# --- the copy path ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def copy_model(rationale_ids):
+    from models.trail import TrailConfig, build_model
+
+    return build_model(TrailConfig(base="tiny", output_ids=rationale_ids, copy_path=True), seed=0).eval()
+
+
+def test_copy_path_cached_decoding_equals_one_pass(copy_model) -> None:
+    """The pointer's keys come from the cache: a prompt pass then one cached step equals one pass over all tokens."""
+    from transformers import DynamicCache
+
+    from models.trail import context_ids, numeric_features, prompt_inputs
+
+    batch = tiny_batch()
+    features = numeric_features(batch.bucket_counts, batch.signals, SPEC.window_slots)
+    ids_7 = copy_model.output_ids[7]   # a token of the output vocabulary, fed as the next one
+    rows = [[1, 300, 301, 33], [1, 400, 34], [1, 35]]
+    n_prefix = copy_model.config.n_prefix
+    ids, mask, pos, numeric = prompt_inputs(rows, features, n_prefix)
+    full_ids, full_mask, full_pos, _ = prompt_inputs([r + [int(ids_7)] for r in rows], features, n_prefix)
+    with torch.no_grad():
+        full, _ = copy_model.next_token_logits(full_ids, full_mask, full_pos, numeric,
+                                               DynamicCache(config=copy_model.lm.config),
+                                               context_ids(full_ids, n_prefix))
+        _, cache = copy_model.next_token_logits(ids, mask, pos, numeric, DynamicCache(config=copy_model.lm.config),
+                                                context_ids(ids, n_prefix))
+        step_mask = torch.cat([mask, torch.ones(3, 1, dtype=torch.long)], dim=1)
+        step_context = torch.cat([context_ids(ids, n_prefix), torch.full((3, 1), int(ids_7))], dim=1)
+        step, _ = copy_model.next_token_logits(torch.full((3, 1), int(ids_7)), step_mask, pos[:, -1:] + 1,
+                                               numeric[:, :0], cache, step_context)
+    torch.testing.assert_close(step, full, atol=1e-4, rtol=1e-4)
+
+
+def test_copy_path_adds_the_pointer_mass_to_the_copied_token(copy_model) -> None:
+    """log p(token) = log(exp(vocab logit) + sum of exp(pointer scores) over the positions holding it), jointly
+    normalised: the pointer can only add probability to tokens present in the context."""
+    from models.trail import CopyContext
+
+    n_kv, head_dim = copy_model.lm.config.num_key_value_heads, 32
+    keys = torch.randn(1, n_kv, 3, head_dim)
+    source = torch.tensor([[5, 9, 5]])
+    copy = CopyContext(keys, source, torch.tensor([[True, True, False]]))
+    h = torch.randn(1, 1, copy_model.lm.config.hidden_size)
+    with torch.no_grad():
+        mixed = copy_model.output_logits(h, copy)[0, 0]
+        vocab = copy_model.output_logits(h)[0, 0]
+        query = copy_model.copy_query(h).view(1, 1, n_kv, head_dim).transpose(1, 2)
+        scores = (query @ keys.transpose(-1, -2)).sum(dim=1)[0, 0] / (n_kv * head_dim) ** 0.5
+    expected = vocab.exp().clone()
+    expected[5] += scores[0].exp()   # position 2 holds token 5 too, but it may not be copied
+    expected[9] += scores[1].exp()
+    torch.testing.assert_close(mixed, expected.log(), atol=1e-5, rtol=1e-5)

@@ -42,8 +42,8 @@ def test_the_learning_rate_schedule_follows_the_steps_only():
 def test_default_tiny_run_is_a_fixed_step_count_under_a_looser_cap():
     cfg = TrainConfig.for_base("tiny")
     assert cfg.default_steps() == 700
-    # 0.33 s per step measured on 2 cores: the default run (~4 minutes) stays well inside the cap
-    assert cfg.default_steps() * 0.33 < cfg.max_minutes * 60 / 1.5
+    # 0.32 s per step measured on 2 cores: the default run (~4 minutes) stays well inside the cap
+    assert cfg.default_steps() * 0.32 < cfg.max_minutes * 60 / 1.5
 
 
 def test_saved_weights_do_not_depend_on_the_metadata_order(tmp_path):
