@@ -32,7 +32,7 @@ lint: install
 	$(BIN)/ruff check streams models export infra schemas tests
 
 test: install lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 3 --dist loadfile   # files in parallel: the broker tests wait more than they compute
 
 demo: install
 	$(BIN)/trail demo
