@@ -200,8 +200,10 @@ class PartitionState:
         """The update is committed: move the in-memory bookkeeping to match the store."""
         if update.idle:
             self.idle_sources.add(update.source)
-        else:
-            self.idle_sources.discard(update.source)
+        elif update.source in self.idle_sources:
+            # the stream wakes up: every idle source must declare again (its reader repeats that every
+            # timeout), so the first source to resume cannot drag the watermark past the others' new data
+            self.idle_sources.clear()
         if update.source_max_ts_ms is not None:
             self.source_max_ts_ms[update.source] = update.source_max_ts_ms
         if update.applied_offset is not None:

@@ -210,3 +210,17 @@ def test_rings_of_items_no_longer_touched_are_deleted_once_they_leave_the_window
     writes = state.commit_scored(boundary)
     assert writes[b"i:gone"] is None and b"i:kept" not in writes
     assert "gone" not in state.hitters.candidates()
+
+
+def test_a_source_waking_up_makes_every_idle_source_declare_again(tmp_path):
+    db = open_db(tmp_path / "p0")
+    state = PartitionState(0, db, SPEC, n_sources=3)
+    for source in range(3):
+        apply(state, db, source, 10 * 60_000, DeltaColumns([0], [f"i{source}"], [9], [1]))
+    for source in range(3):
+        apply(state, db, source, 10 * 60_000, DeltaColumns(), idle=True)
+    apply(state, db, 0, 50 * 60_000, DeltaColumns([1], ["i0"], [49], [1]))   # source 0 resumes first
+    assert state.watermark_slot() == 9          # held by 1 and 2 until they send or declare again
+    apply(state, db, 1, 10 * 60_000, DeltaColumns(), idle=True)
+    apply(state, db, 2, 48 * 60_000, DeltaColumns([1], ["i2"], [47], [1]))
+    assert state.watermark_slot() == 47
