@@ -3,34 +3,23 @@ replay harness (worker processes + producer + trend reader) over the session's e
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.kafka_config import KafkaSettings
+from streams.chaos import BASE_TS_MS, DAY_MS
+from streams.chaos import make_events as chaos_events
 from streams.producer import ClickProducer
 from streams.tail_cli import read_records
 from streams.worker_process import WorkerProcess
 
-DAY_MS = 86_400_000
-BASE_TS_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z, a slot boundary
 WINDOW_ARGS = ["--slot-s", "86400", "--bucket-s", "604800", "--n-buckets", "4", "--allowed-lateness-s", "86400"]
 
 
 def make_events(n_events: int, n_items: int, days: int, seed: int = 7) -> list[dict]:
-    """Time-ordered click events with skewed, drifting item popularity (so trends change)."""
-    rng = random.Random(seed)
-    events = []
-    for i in range(n_events):
-        ts = BASE_TS_MS + (i * days * DAY_MS) // n_events
-        day = (ts - BASE_TS_MS) // DAY_MS
-        # popularity drifts: item k peaks around day 3k
-        weights = [1.0 / (1 + abs(day - 3 * k)) + 0.05 for k in range(n_items)]
-        item = rng.choices(range(n_items), weights)[0]
-        events.append({"item_id": f"item-{item}", "ts": ts, "user_id": f"u{rng.randrange(50)}",
-                       "event_id": f"e{i}"})
-    return events
+    """Time-ordered click events with skewed, drifting item popularity (so trends change): the chaos log."""
+    return chaos_events(n_events, n_items, days, seed)
 
 
 def recount(events: list[dict], boundary_slot: int, n_buckets: int, slots_per_bucket: int = 7) -> dict:
@@ -136,4 +125,5 @@ def total_events(events: list[dict]) -> int:
     return len({e.get("event_id") for e in events})
 
 
-__all__ = ["Counter", "Replay", "by_step", "comparable", "make_events", "recount", "total_events"]
+__all__ = ["BASE_TS_MS", "DAY_MS", "Counter", "Replay", "by_step", "comparable", "make_events", "recount",
+           "total_events"]

@@ -8,7 +8,6 @@ import random
 from streams import chaos
 from streams.chaos import DAY_MS, Chunk, Fault
 from streams.merge import record_id
-from tests.streamkit import make_events as streamkit_events
 from tests.streamkit import recount as streamkit_recount
 
 MODEL = {"name": "velocity-baseline", "version": "1", "sha256": "0" * 64}
@@ -18,10 +17,6 @@ def trend(end_ms: int, rank: int, item: str, counts: list[int], generated_at: st
     window = {"end": end_ms, "slot_s": 86400, "bucket_s": 7 * 86400}
     return {"window": window, "rank": rank, "item_id": item, "recent_counts": counts, "model": MODEL,
             "generated_at": generated_at, "record_id": record_id(window, rank, MODEL)}
-
-
-def test_the_log_is_the_one_the_stream_tests_replay():
-    assert chaos.make_events(500, 8, 10, seed=4) == streamkit_events(500, 8, 10, seed=4)
 
 
 def test_the_schedule_is_seeded_spaced_and_has_every_kind():
