@@ -50,7 +50,7 @@ from streams.scoring_loop import (
     trend_records,
 )
 from streams.state import PartitionState, StateUpdate
-from streams.table_store import TableWriter, partition_db, register_store
+from streams.table_store import TableWriter, committed_next_offset, partition_db, register_store
 
 log = logging.getLogger("trail.worker")
 
@@ -183,7 +183,9 @@ class Pipeline:
         self.locks: dict[int, asyncio.Lock] = {}   # one per partition for the process's life: never two owners
         self.last_input_at: dict[int, float] = {}
         self.source_heard_at: dict[int, float] = {}   # stage 1: last message per input partition (wall clock)
+        self.source_read_upto: dict[int, int] = {}    # stage 1: offset after the last message whose deltas are sent
         self.idle_declared: dict[int, float] = {}     # input partitions this worker declared idle, and when
+        self.idle_lock = asyncio.Lock()   # a revocation waits for an idle declaration in flight
         self.started_at = time.monotonic()
         self.empty_reported: dict[int, int] = {}
         self.counters = Counters()
@@ -249,6 +251,9 @@ class Pipeline:
                 for value in encode_deltas(source, watermark, batch.deltas.get((source, target))):
                     sends.append(await producer.send(self.config.deltas_topic, None, value, target, None, None))
         await asyncio.gather(*sends)
+        for source, offset, _ in messages:
+            if offset >= self.source_read_upto.get(source, 0):
+                self.source_read_upto[source] = offset + 1
         self.counters.events += batch.events
         self.counters.dlq += len(batch.rejections)
         for _source, _offset, rejection in batch.rejections:
@@ -256,26 +261,41 @@ class Pipeline:
         self.counters.duplicates += batch.duplicates
 
     async def declare_idle_sources(self) -> None:
-        """Declare idle every input partition this worker reads that it has read to its end and that sent
+        """Declare idle every input partition this worker reads that it has processed to its end and that sent
         nothing for --source-idle-timeout-s (Flink's withIdleness, but never while a backlog is read). Repeated
-        every timeout while it stays idle, so a partition state rebuilt after a rebalance learns it too."""
+        every timeout while it stays idle, so a partition state rebuilt after a rebalance learns it too.
+
+        "Processed to its end" compares the offset after the last message whose deltas were sent (or the
+        committed offset, for a partition with nothing new since it was assigned) with the end offset asked
+        of the broker now. The consumer's cached highwater and position are not enough: faust fetches ahead
+        of the agent, and a new owner declared a backlog idle before reading it (its events then came late).
+        """
         timeout_s = self.config.source_idle_timeout_s
         if timeout_s <= 0:
             return
         now = time.monotonic()
         consumer = self.app.consumer
-        for tp in list(consumer.assignment()):
+        candidates = [tp for tp in list(consumer.assignment())
+                      if tp.topic == self.config.topics.clicks
+                      and now - self.idle_declared.get(tp.partition, -timeout_s) >= timeout_s
+                      and now - self.source_heard_at.get(tp.partition, self.started_at) >= timeout_s]
+        if candidates:
+            async with self.idle_lock:
+                await self._declare_idle(candidates, now)
+
+    async def _declare_idle(self, candidates: list, now: float) -> None:
+        consumer = self.app.consumer
+        try:
+            ends = await consumer.highwaters(*candidates)
+        except Exception:  # noqa: BLE001 - broker busy or a rebalance meanwhile: ask again next time
+            return
+        for tp in candidates:
             source = tp.partition
-            if tp.topic != self.config.topics.clicks or now - self.idle_declared.get(source, -timeout_s) < timeout_s:
-                continue
-            if now - self.source_heard_at.get(source, self.started_at) < timeout_s:
-                continue
-            try:
-                highwater, position = consumer.highwater(tp), await consumer.position(tp)
-            except Exception:  # noqa: BLE001 - revoked by a rebalance meanwhile: not ours to declare
-                continue
-            if highwater is None or position is None or position < highwater:
-                continue   # unread messages: a backlog, not an idle partition
+            if tp not in consumer.assignment() or ends.get(tp) is None:
+                continue   # revoked meanwhile: not ours to declare
+            processed = max(self.source_read_upto.get(source, 0), committed_next_offset(consumer, tp))
+            if processed < ends[tp]:
+                continue   # unprocessed messages: a backlog, not an idle partition
             watermark = self.router.max_ts_ms.get(source, -1)
             for target in range(self.config.partitions):
                 await self.writer.send(self.config.deltas_topic, None, encode_idle(source, watermark), target)
@@ -422,10 +442,19 @@ class Pipeline:
                 await self.score_queue.put(job)
 
     async def on_revoked(self, app, revoked, **kwargs) -> None:
-        # state caches are rebuilt from the store when a partition comes back
+        """Forget revoked partitions once no write or idle declaration of this worker is in flight for them
+        (faust awaits this before the group rebalances, so a new owner never interleaves with the old)."""
         for tp in revoked:
             if tp.topic == self.config.deltas_topic:
-                self.states.pop(tp.partition, None)
+                async with self.locks.setdefault(tp.partition, asyncio.Lock()):
+                    self.states.pop(tp.partition, None)   # rebuilt from the store when the partition comes back
+        async with self.idle_lock:
+            for tp in revoked:
+                if tp.topic == self.config.topics.clicks:
+                    # what this worker knew of the input partition is stale once another worker may read it
+                    self.source_read_upto.pop(tp.partition, None)
+                    self.idle_declared.pop(tp.partition, None)
+                    self.source_heard_at[tp.partition] = time.monotonic()
 
     # --- merge step ------------------------------------------------------------------------------------
 

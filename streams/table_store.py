@@ -143,6 +143,15 @@ def partition_db(table: Any, partition: int) -> rocksdict.Rdict:
     return table.data._db_for_partition(partition)
 
 
+def committed_next_offset(consumer: Any, tp: Any) -> int:
+    """The next offset of `tp` that the consumer group has committed as processed (0 when none).
+
+    faust keeps it per assigned partition after seeking to the committed offsets and after each commit;
+    it has no public accessor.
+    """
+    return consumer._committed_offset.get(tp) or 0
+
+
 def _tp(topic: str, partition: int) -> Any:
     from faust.types import TP
     return TP(topic, partition)
