@@ -29,7 +29,7 @@ def add_parser(subparsers) -> None:
                         "(artifacts/models/NAME or a directory) and check its explanations")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--report", type=Path, metavar="DIR", help="write DIR/report.md with PNG plots")
-    parser.add_argument("--origins", type=int, default=None,  # None: models.backtest.DEFAULT_ORIGINS (lazy import)
+    parser.add_argument("--origins", type=int, default=None,  # None: models.backtest_data.DEFAULT_ORIGINS (lazy import)
                         help="number of origins, one slot apart (default 50; ml-100k: 1998-02-26 ... 1998-04-16)")
     parser.add_argument("--boot", type=int, default=1000, help="bootstrap resamples per interval (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the learned baselines")
@@ -93,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from models.backtest import DEFAULT_ORIGINS, backtest_origins, evaluate_origins, summarise
+    from models.backtest import evaluate_origins, summarise
+    from models.backtest_data import DEFAULT_ORIGINS, backtest_origins
     from models.baselines import default_baselines
     from models.datasets import load_dataset
 

@@ -26,7 +26,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny TRAIL model (the default configuration: output vocabulary, copy path) trained for 12 steps on ml-100k
     (seconds), saved like `trail train` saves it. After 2 steps its copy path still spreads its mass by token
     frequency and it writes only spaces, which decode to "": 12 steps give visible tokens to compare."""
-    from models.train import TrainConfig, train
+    from models.train import train
+    from models.train_config import TrainConfig
 
     out = tmp_path_factory.mktemp("models") / "trail-tiny-test"
     cfg = TrainConfig.for_base("tiny", steps=12, batch_size=8, explain_rows=2, contrastive_rows=2, val_days=0)

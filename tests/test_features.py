@@ -1,11 +1,11 @@
-"""Offline features equal the stream's, and read nothing at or after the boundary (models.backtest)."""
+"""Offline features equal the stream's, and read nothing at or after the boundary (models.backtest_data)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from models.backtest import backtest_origins, feature_batch_at, targets_at
+from models.backtest_data import backtest_origins, feature_batch_at, targets_at
 from models.datasets import EventLog, load_dataset, sorted_log
 from models.features import SIGNAL_NAMES, FeatureBatch, feature_matrix, feature_names
 from models.windows import (

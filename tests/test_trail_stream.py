@@ -64,7 +64,7 @@ def assert_published_explanations_are_faithful(records: list[dict]) -> None:
 
 def test_live_trends_equal_the_backtest_path_for_the_same_steps(make_replay, unique_topic, tmp_path, ml100k,
                                                                tiny_trail_bundle, tiny_trail_model):
-    from models.backtest import feature_batch_at
+    from models.backtest_data import feature_batch_at
     from models.trail_scorer import load_trail_scorer
 
     events = first_weeks(ml100k, 12)
