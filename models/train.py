@@ -2,7 +2,7 @@
 
 The rows come from `models.train_examples`, each step's joint loss from `models.train_step`, the
 hyper-parameters from `models.train_config`, the card's text from `models.model_card`. No CLI here
-(see `models.train_cli`).
+(see `streams.cli.train`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from models.features import SIGNAL_NAMES
 from models.model_card import base_description, first_last_losses, render_model_card
 from models.rationales import evidence_text
 from models.trail import TrailConfig, build_model, load_tokenizer
-from models.trail_scorer import MODELS_DIR, PromptTokens, TrailScorer, save_trail_model
+from models.trail_scorer import MODELS_DIR, TrailScorer, save_trail_model
 from models.train_config import TrainConfig
 from models.train_examples import Examples, build_examples, training_boundaries
 from models.train_step import StepBuilder, add_lora, merge_lora, rationale_output_ids, train_step
@@ -84,12 +84,8 @@ def validate(scorer: TrailScorer, val: Examples, cfg: TrainConfig, bucket_s: int
     explained = np.array(explained, dtype=np.int64)
     features = sample.features[explained]
     lines = [evidence_text(sample.signals_of(int(i)), float(forecast[i]), bucket_s) for i in explained]
-    rows_tokens = [p + e for p, e in zip(scorer.tokens.prompts(sample.texts_of(explained)),
-                                         scorer.tokens.evidence(lines), strict=True)]
-    texts = []
-    for start in range(0, len(explained), scorer.explain_chunk):
-        texts += scorer.generate(rows_tokens[start:start + scorer.explain_chunk],
-                                 features[start:start + scorer.explain_chunk])
+    rows_tokens = scorer.tokens.explanation_rows(sample.texts_of(explained), lines)
+    texts = scorer.explain_rows(rows_tokens, features)
     for i, item_text, text in zip(explained, sample.texts_of(explained), texts, strict=True):
         checks.append(check_explanation(text, sample.signals_of(int(i)), float(forecast[i]), float(last[i]),
                                         item_text))
@@ -151,7 +147,7 @@ def train(cfg: TrainConfig, out_dir: Path | None = None, progress: Progress | No
     lora = add_lora(model, cfg) if cfg.base == "smollm2" else None
     model.to(cfg.device)
     progress.on_advance({})
-    builder = StepBuilder(PromptTokens(tokenizer, config), config, spec.window_slots)
+    builder = StepBuilder(tokenizer, config, spec.window_slots)
     load_s = time.perf_counter() - started
 
     steps = cfg.steps or (math.ceil(cfg.epochs * len(train_data) / cfg.batch_size) if cfg.epochs

@@ -17,19 +17,17 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from models.prompts import EOS_ID, PromptTokens, numeric_prefix_inputs
 from models.rationales import N_TEMPLATES, evidence_text, rationale, vocabulary_texts, wrong_forecasts
 from models.trail import (
-    EOS_ID,
     TrailConfig,
     TrailModel,
     explanation_loss,
     forecast_loss,
     info_nce,
     left_pad,
-    numeric_prefix_inputs,
     positions_from_mask,
 )
-from models.trail_scorer import PromptTokens
 from models.train_config import TrainConfig
 from models.train_examples import Examples
 from models.wording import TREND_PHRASES
@@ -40,12 +38,13 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 class StepBuilder:
     """Turns sampled rows into the three passes' tensors (tokens, labels, rationales, hard negatives)."""
 
-    def __init__(self, tokens: PromptTokens, config: TrailConfig, window_slots: int) -> None:
-        self.tokens = tokens
-        self.tokenizer = tokens.tokenizer
+    def __init__(self, tokenizer, config: TrailConfig, window_slots: int) -> None:
+        """`tokenizer`: the transformers (fast) tokenizer of the model."""
+        self.tokens = PromptTokens(tokenizer.backend_tokenizer, config.bucket_s, config.max_text_tokens)
+        self.tokenizer = tokenizer
         self.config = config
         self.window_slots = window_slots
-        self.grounding_ids = grounding_token_ids(tokens.tokenizer)
+        self.grounding_ids = grounding_token_ids(tokenizer)
 
     def rationales(self, data: Examples, rows: np.ndarray, forecasts: np.ndarray, templates: np.ndarray,
                    descriptor: bool = True):
@@ -135,7 +134,7 @@ def train_step(model: TrailModel, builder: StepBuilder, data: Examples, rows: np
         ex_ids, ex_mask, labels = builder.explanation_batch(prompts, lines[:k], positives[:k],
                                                             cfg.explain_token_share, rng)
         ex_mask = torch.cat([torch.ones(k, n_prefix, dtype=torch.long), ex_mask], dim=1)
-        numeric = numeric_prefix_inputs(torch.from_numpy(data.features[rows[:k]]), n_prefix)
+        numeric = torch.from_numpy(numeric_prefix_inputs(data.features[rows[:k]], n_prefix))
         ex_ids, ex_mask, labels, numeric = ex_ids.to(dev), ex_mask.to(dev), labels.to(dev), numeric.to(dev)
         cache = DynamicCache(config=model.lm.config) if model.config.copy_path else None
         h_ex, present = model.hidden(ex_ids, ex_mask, positions_from_mask(ex_mask), numeric, cache)

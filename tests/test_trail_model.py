@@ -159,7 +159,6 @@ def test_forecast_head_and_generator_run(tiny_model, tokenizer) -> None:
 def test_tiny_training_makes_the_loss_fall(tiny_model, tokenizer) -> None:
     from models.datasets import load_dataset
     from models.trail import TrailConfig, build_model
-    from models.trail_scorer import PromptTokens
     from models.train_config import TrainConfig
     from models.train_examples import build_examples, training_boundaries
     from models.train_step import StepBuilder, train_step
@@ -170,7 +169,7 @@ def test_tiny_training_makes_the_loss_fall(tiny_model, tokenizer) -> None:
     data = build_examples(log, spec, range(train_range.start + 50, train_range.start + 52))
     cfg = TrainConfig.for_base("tiny", batch_size=16, explain_rows=4, contrastive_rows=4, seed=0)
     model = build_model(TrailConfig(base="tiny"), seed=0)
-    builder = StepBuilder(PromptTokens(tokenizer, model.config), model.config, spec.window_slots)
+    builder = StepBuilder(tokenizer, model.config, spec.window_slots)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     rng = np.random.default_rng(0)
     rows = rng.choice(len(data), size=16, replace=False)   # one fixed batch: the loss must fall on it
