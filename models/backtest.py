@@ -7,7 +7,7 @@ each method's paired difference against the best baseline with a Diebold-Mariano
 the same per item segment (cold, rose, rest). Window math is `models.windows` and the signals are `models.features`,
 the same functions the stream calls, so offline features equal the stream's. Vectorised: events are
 aggregated once per log into (item, slot, count) rows with numpy; loops run per origin or boundary,
-never per event. No Kafka, no plotting (see `models.backtest_report`), no CLI (see `models.backtest_cli`).
+never per event. No Kafka, no plotting (see `models.backtest_report`), no CLI (see `streams.cli.backtest`).
 
 Leakage: at origin b every scorer sees `log.before(b)` only (events at or after b are not in the log
 it is given), and `feature_batch_at` itself reads only slots < b.
@@ -332,11 +332,17 @@ def run_backtest(
     explain: Mapping[str, ExplanationCheck] | None = None,
     on_step: Callable[[str], None] | None = None,
     baselines: Sequence[str] | None = None,
+    on_records: Callable[[list[OriginRecord]], None] | None = None,
 ) -> dict:
-    """Rolling-origin backtest of `scorers` at the last `n_origins` slots: the JSON object."""
+    """Rolling-origin backtest of `scorers` at the last `n_origins` slots: the JSON object.
+
+    `on_step(scorer name)` follows progress; `on_records` receives the per-origin records (the report's plots).
+    """
     started = time.perf_counter()
     origins = backtest_origins(log, spec, n_origins)
     records = evaluate_origins(log, spec, scorers, origins, explain, on_step)
+    if on_records:
+        on_records(records)
     result = summarise(records, log, spec, [s.name for s in scorers], n_boot, seed, baselines)
     result["seconds"] = round(time.perf_counter() - started, 3)
     return result
