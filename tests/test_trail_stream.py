@@ -14,7 +14,7 @@ from schemas import TREND_V1, validator
 from streams.scoring_loop import top_k_order
 from tests.streamkit import Replay, by_step
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(400)]
 ML100K_WINDOWS = ["--slot-s", "86400", "--bucket-s", "604800", "--n-buckets", "8", "--allowed-lateness-s", "86400"]
 DAY_MS = 86_400_000
 
