@@ -126,8 +126,8 @@ def register(subparsers, modules: dict[str, str], hook: str = "add_parser") -> N
 def add_unavailable(subparsers, name: str, module_name: str, exc: BaseException) -> None:
     reason = f"{module_name} failed to import ({type(exc).__name__}: {exc})"
     parser = subparsers.add_parser(name, help=f"UNAVAILABLE: {reason}", description=f"UNAVAILABLE: {reason}",
-                                   add_help=False)
-    parser.add_argument("rest", nargs=argparse.REMAINDER)
+                                   add_help=False, prefix_chars="\x00")   # every word is the rest
+    parser.add_argument("rest", nargs="*")
 
     def run(args: argparse.Namespace) -> int:
         raise CommandError(f"{reason}; reinstall with `make install` or run with TRAIL_DEBUG=1 for the traceback")
