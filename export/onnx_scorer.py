@@ -4,8 +4,9 @@
 optionally against a pinned manifest sha256), builds the ONNX Runtime sessions (`export.runtime`) and the
 tokenizer from those verified bytes (never re-reading the files), and returns a `BundleScorer`: forecast()
 for every row through the text graph (items not seen before) and the forecast graph, explain() for a few
-rows through greedy decoding with the step graph. Prompts are built exactly as `models.trail_scorer.TrailScorer` builds
-them (`export.prompts`). Importing this module must not import torch (tests/test_export.py checks it).
+rows through greedy decoding with the step graph. Prompts are built and decoded by the code
+`models.trail_scorer.TrailScorer` uses (`models.prompts`). Importing this module must not import torch
+(tests/test_export.py checks it).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 from export.bundle import VerifiedBundle, resolve_bundle_dir, verify_bundle
-from export.prompts import PromptTokens, tokenizer_from_bytes
 from export.runtime import TrailRuntime
 from models.features import FeatureBatch, numeric_features
+from models.prompts import PromptTokens
 from models.rationales import evidence_text
 
 
@@ -69,8 +70,7 @@ class BundleScorer:
     def explanation_rows(self, batch: FeatureBatch, forecast: np.ndarray, index: np.ndarray) -> list[list[int]]:
         """Prompt + evidence line (signals and the forecast) token ids of rows `index`."""
         lines = [evidence_text(batch.signals_of(int(i)), float(forecast[i]), batch.spec.bucket_s) for i in index]
-        prompts = self.tokens.prompts([batch.texts[i] for i in index])
-        return [p + e for p, e in zip(prompts, self.tokens.evidence(lines), strict=True)]
+        return self.tokens.explanation_rows([batch.texts[i] for i in index], lines)
 
     def explain(self, batch: FeatureBatch, forecast: np.ndarray, index: np.ndarray,
                 max_new_tokens: int | None = None) -> list[str]:
@@ -87,6 +87,15 @@ class BundleScorer:
             generated = self.runtime.generate(rows[start:end], features[start:end], cap)
             texts += [self.tokens.decode(ids) for ids in generated]
         return texts
+
+
+def tokenizer_from_bytes(data: bytes):
+    """A `tokenizers.Tokenizer` from the verified bytes of a tokenizer.json; no transformers, no torch.
+
+    Byte-level BPE: transformers' decode does no extra clean-up for it, so decoding matches the torch path."""
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_buffer(data)
 
 
 def scorer_from_verified(bundle: VerifiedBundle, providers: str = "auto", intra_op_threads: int = 0,

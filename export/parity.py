@@ -30,7 +30,7 @@ def prompt_logits_torch(torch_scorer, batch: FeatureBatch) -> np.ndarray:
 
 def prompt_logits_onnx(bundle_scorer, batch: FeatureBatch) -> np.ndarray:
     """Logits [n, V] of the step graph's prompt pass (empty cache)."""
-    from export.prompts import context_ids, prompt_inputs
+    from models.prompts import context_ids, prompt_inputs
 
     rows = bundle_scorer.tokens.prompts(batch.texts)
     feeds = prompt_inputs(rows, bundle_scorer.features(batch), bundle_scorer.runtime.geometry.n_prefix)

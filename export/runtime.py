@@ -7,12 +7,11 @@
   `models.text_vectors.TextVectorCache` keeps each item text's vector (bounded, least recently used out),
   so a step only reads the texts of items it has not seen.
 - `TrailRuntime.forecast_log1p`: the forecast graph ([numeric features, text vector] -> log1p) in one run.
-- `TrailRuntime.generate`: left-padded greedy decoding with the step graph and its key/value cache, at most
-  `max_new_tokens` tokens, stopping when every row has written <|im_end|> (the same loop as
-  `models.trail_scorer.TrailScorer.generate`).
-Inputs come from `export.prompts`. Sessions are built from graph bytes a caller has verified
-(`export.bundle.VerifiedBundle`), never from the bundle's paths, so a file swapped on disk after the check is
-never loaded. No torch here (the stream imports this); no bundle verification here (`export.bundle`).
+- `TrailRuntime.generate`: greedy decoding with the step graph and its key/value cache, the loop the torch
+  model decodes with too (`models.prompts.greedy_decode`).
+Inputs come from `models.prompts` (numpy, shared with the torch path). Sessions are built from graph bytes a
+caller has verified (`export.bundle.VerifiedBundle`), never from the bundle's paths, so a file swapped on disk
+after the check is never loaded. No torch here (the stream imports this); no bundle verification here (`export.bundle`).
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from export.prompts import EOS_ID, context_ids, left_pad, prompt_inputs
+from models.prompts import greedy_decode, left_pad
 from models.text_vectors import TextVectorCache, read_in_length_order
 
 if TYPE_CHECKING:
@@ -202,36 +201,15 @@ class TrailRuntime:
         return outputs[0], dict(zip(self.past_names, outputs[1:], strict=True))
 
     def generate(self, rows: list[list[int]], features: np.ndarray, max_new_tokens: int) -> list[list[int]]:
-        """Greedy token ids per row (ending with <|im_end|> when written), at most max_new_tokens each.
+        """Greedy token ids per row (ending with <|im_end|> when written), at most max_new_tokens each:
+        `models.prompts.greedy_decode` over the step graph, a row that has written <|im_end|> leaving the batch."""
+        cache = self.empty_cache(len(rows))
 
-        The loop of `TrailScorer.generate`, except that a row that has written <|im_end|> leaves the batch
-        (its later tokens are cut off anyway), so the batch shrinks as rows finish.
-        """
-        feeds = prompt_inputs(rows, features, self.geometry.n_prefix)
-        if self.copy_path:
-            feeds["context_ids"] = context_ids(feeds["input_ids"], self.geometry.n_prefix)
-        logits, cache = self.step(feeds, self.empty_cache(len(rows)))
-        next_ids = logits.argmax(axis=-1).astype(np.int64)
-        mask, pos = feeds["attention_mask"], feeds["position_ids"][:, -1:]
-        active = np.arange(len(rows))                      # original row of each batch row
-        out: list[list[int]] = [[] for _ in rows]
-        for _ in range(max_new_tokens):
-            for row, token in zip(active, next_ids.tolist(), strict=True):
-                out[row].append(token)
-            keep = next_ids != EOS_ID
-            if not keep.any() or len(out[active[0]]) == max_new_tokens:
-                break
-            context = feeds.get("context_ids")
-            if not keep.all():
-                active, next_ids, mask, pos = active[keep], next_ids[keep], mask[keep], pos[keep]
+        def step(feeds: dict[str, np.ndarray], keep: np.ndarray | None) -> np.ndarray:
+            nonlocal cache
+            if keep is not None:
                 cache = {name: value[keep] for name, value in cache.items()}
-                context = None if context is None else context[keep]
-            mask = np.concatenate([mask, np.ones((len(active), 1), dtype=np.int64)], axis=1)
-            pos = pos + 1
-            feeds = {"input_ids": next_ids[:, None], "attention_mask": mask, "position_ids": pos,
-                     "numeric_prefix": np.zeros((len(active), 0, self.geometry.n_features), dtype=np.float32)}
-            if context is not None:
-                feeds["context_ids"] = np.concatenate([context, next_ids[:, None]], axis=1)
             logits, cache = self.step(feeds, cache)
-            next_ids = logits.argmax(axis=-1).astype(np.int64)
-        return out
+            return logits
+
+        return greedy_decode(step, rows, features, self.geometry.n_prefix, max_new_tokens, self.copy_path)

@@ -18,7 +18,6 @@ spellings). Reads the config file; no network I/O here.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import stat
@@ -159,24 +158,3 @@ def parse_config_pairs(pairs: list[str]) -> dict[str, str]:
         extra[key.strip()] = value
     warn_about_secrets_on_the_command_line(list(extra))
     return extra
-
-
-def add_kafka_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bootstrap", default=default_bootstrap(), metavar="HOST:PORT",
-                        help=f"Kafka bootstrap servers (default: ${BOOTSTRAP_ENV} or {DEFAULT_BOOTSTRAP})")
-    parser.add_argument("--kafka-config-file", type=Path, default=os.environ.get(CONFIG_FILE_ENV) or None,
-                        metavar="PATH", help="client settings as KEY=VALUE lines (# comments allowed), the place "
-                        f"for credentials; chmod 600 it (default: ${CONFIG_FILE_ENV})")
-    parser.add_argument("--kafka-config", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra client setting, e.g. security.protocol=SASL_SSL (repeatable; overrides "
-                        f"{CONFIG_ENV_PREFIX}* environment variables and the config file). Not for secrets: the "
-                        f"command line is visible to all users; use e.g. {env_var_for('sasl.password')} or the file")
-
-
-def settings_from_args(args: argparse.Namespace) -> KafkaSettings:
-    """Settings from the environment, then --kafka-config-file, then --kafka-config (later ones win)."""
-    extra = settings_from_env()
-    if getattr(args, "kafka_config_file", None):
-        extra.update(parse_config_file(args.kafka_config_file))
-    extra.update(parse_config_pairs(args.kafka_config))
-    return KafkaSettings(bootstrap=args.bootstrap, extra=extra)

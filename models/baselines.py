@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from models.backtest_data import feature_batch_at, targets_at
 from models.datasets import EventLog
 from models.features import FeatureBatch, feature_matrix, feature_names
 from models.scoring import Scorer, VelocityScorer, template_explanation
@@ -160,8 +161,6 @@ class GradientBoostingScorer(TemplateExplained):
 
     def training_pairs(self, history: EventLog, spec: WindowSpec, boundary_slot: int) -> tuple[np.ndarray, np.ndarray]:
         """(features, targets) at the training boundaries of `history` before `boundary_slot`."""
-        from models.backtest import feature_batch_at, targets_at  # backtest imports no baselines; no cycle
-
         spb = spec.slots_per_bucket
         stride_slots = self.stride_slots or max(1, spb // 2)
         first = spec.slot_of(int(history.ts_ms[0])) + spb if len(history) else boundary_slot

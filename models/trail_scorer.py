@@ -18,53 +18,16 @@ import torch
 from infra.integrity import sha256_of
 from infra.paths import MODELS_DIR, resolve_artifact
 from models.features import FeatureBatch
-from models.rationales import evidence_text, period_word
+from models.prompts import PromptTokens, greedy_decode
+from models.rationales import evidence_text
 from models.text_vectors import TextVectorCache, read_in_length_order
-from models.trail import (
-    EOS_ID,
-    TrailConfig,
-    TrailModel,
-    context_ids,
-    left_pad,
-    numeric_features,
-    prompt_inputs,
-)
+from models.trail import TrailConfig, TrailModel, left_pad, numeric_features
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 CARD_JSON = "model_card.json"
 CARD_MD = "MODEL_CARD.md"
 TOKENIZER_SUBDIR = "tokenizer"
-
-
-class PromptTokens:
-    """Token ids of the prompt (<|im_start|> text \\n next <period>:) and of evidence lines, cached per text."""
-
-    def __init__(self, tokenizer, config: TrailConfig) -> None:
-        self.tokenizer = tokenizer
-        self.config = config
-        self.marker = tokenizer.encode(f"\nnext {period_word(config.bucket_s)}:", add_special_tokens=False)
-        self._cache: dict[str, list[int]] = {}
-
-    def text_row(self, text: str) -> list[int]:
-        """<|im_start|> + the item text's first max_text_tokens tokens: what the text vector is read from."""
-        if text not in self._cache:
-            ids = self.tokenizer.encode(text, add_special_tokens=False)[: self.config.max_text_tokens]
-            self._cache[text] = [1, *ids]   # 1 = <|im_start|>
-        return self._cache[text]
-
-    def text_rows(self, texts: list[str]) -> list[list[int]]:
-        return [self.text_row(t) for t in texts]
-
-    def prompt(self, text: str) -> list[int]:
-        return self.text_row(text) + self.marker
-
-    def prompts(self, texts: list[str]) -> list[list[int]]:
-        return [self.prompt(t) for t in texts]
-
-    def evidence(self, lines: list[str]) -> list[list[int]]:
-        """' <evidence>\\n' per line: what the generator reads before writing the explanation."""
-        return [ids for ids in self.tokenizer([f" {line}\n" for line in lines], add_special_tokens=False)["input_ids"]]
 
 
 class TrailScorer:
@@ -74,7 +37,8 @@ class TrailScorer:
                  forecast_chunk: int = 128, explain_chunk: int = 32) -> None:
         self.model = model.eval()
         self.config = model.config
-        self.tokens = PromptTokens(tokenizer, model.config)
+        self.tokenizer = tokenizer
+        self.tokens = PromptTokens(tokenizer.backend_tokenizer, model.config.bucket_s, model.config.max_text_tokens)
         self.name = name
         self.version = version
         self.sha256 = sha256
@@ -122,9 +86,11 @@ class TrailScorer:
         if not len(index):
             return []
         lines = [evidence_text(batch.signals_of(int(i)), float(forecast[i]), batch.spec.bucket_s) for i in index]
-        rows = [p + e for p, e in zip(self.tokens.prompts([batch.texts[i] for i in index]),
-                                      self.tokens.evidence(lines), strict=True)]
-        features = self.features(batch)[index]
+        rows = self.tokens.explanation_rows([batch.texts[i] for i in index], lines)
+        return self.explain_rows(rows, self.features(batch)[index])
+
+    def explain_rows(self, rows: list[list[int]], features: np.ndarray) -> list[str]:
+        """Greedy explanations of explanation rows (prompt + evidence), `explain_chunk` rows at a time."""
         texts: list[str] = []
         for start in range(0, len(rows), self.explain_chunk):
             texts += self.generate(rows[start:start + self.explain_chunk], features[start:start + self.explain_chunk])
@@ -132,35 +98,22 @@ class TrailScorer:
 
     @torch.inference_mode()
     def generate(self, rows: list[list[int]], features: np.ndarray) -> list[str]:
-        """Greedy decoding with a key/value cache, at most config.max_new_tokens tokens, stopping at <|im_end|>."""
+        """Greedy explanations of token rows (`models.prompts.greedy_decode` over the model's cached step), at most
+        config.max_new_tokens tokens each."""
         from transformers import DynamicCache
 
-        ids, mask, pos, numeric = prompt_inputs(rows, features, self.config.n_prefix)
-        context = context_ids(ids, self.config.n_prefix)
         cache = DynamicCache(config=self.model.lm.config)
-        logits, cache = self.model.next_token_logits(ids, mask, pos, numeric, cache, context)
-        next_ids = logits.argmax(dim=-1)
-        no_prefix = numeric[:, :0]
-        pos = pos[:, -1:]
-        generated = []
-        done = torch.zeros(len(rows), dtype=torch.bool)
-        for _ in range(self.config.max_new_tokens):
-            generated.append(next_ids)
-            done |= next_ids == EOS_ID
-            if bool(done.all()):
-                break
-            mask = torch.cat([mask, torch.ones(len(rows), 1, dtype=mask.dtype)], dim=1)
-            context = torch.cat([context, next_ids[:, None]], dim=1)
-            pos = pos + 1
-            logits, cache = self.model.next_token_logits(next_ids[:, None], mask, pos, no_prefix, cache, context)
-            next_ids = logits.argmax(dim=-1)
-        tokens = torch.stack(generated, dim=1).tolist()
-        out = []
-        for row in tokens:
-            row = row[: row.index(EOS_ID)] if EOS_ID in row else row
-            out.append(self.tokens.tokenizer.decode(row, skip_special_tokens=True,
-                                                   clean_up_tokenization_spaces=False).strip())
-        return out
+
+        def step(feeds: dict[str, np.ndarray], keep: np.ndarray | None) -> np.ndarray:
+            inputs = {name: torch.from_numpy(value) for name, value in feeds.items()}
+            logits, _ = self.model.next_token_logits(inputs["input_ids"], inputs["attention_mask"],
+                                                     inputs["position_ids"], inputs["numeric_prefix"], cache,
+                                                     inputs.get("context_ids"))
+            return logits.numpy()
+
+        generated = greedy_decode(step, rows, features, self.config.n_prefix, self.config.max_new_tokens,
+                                  self.config.copy_path, drop_finished=False)
+        return [self.tokens.decode(ids) for ids in generated]
 
 
 # --- saving and loading ---------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ boundary is the count in ``[boundary, boundary + spb)``.
 
 Per item, the stream keeps its slot counts as a sparse ring: sorted absolute slot indices with their
 counts, trimmed to the slots a future boundary can still read. The backtest builds the same counts with
-numpy from the raw events; both call `bucket_counts` / `bucket_count_matrix`, so they agree exactly.
+numpy from the raw events; both call `bucket_count_matrix`, so they agree exactly.
 """
 
 from __future__ import annotations
@@ -70,17 +70,6 @@ class WindowSpec:
         return (max_ts_ms - self.allowed_lateness_s * MS_PER_S) // self.slot_ms
 
 
-def bucket_edges(boundary_slot: int, spec: WindowSpec) -> np.ndarray:
-    """Slot indices of the n_buckets + 1 bucket edges, oldest first; the last edge is the boundary."""
-    spb = spec.slots_per_bucket
-    return boundary_slot - spb * np.arange(spec.n_buckets, -1, -1, dtype=np.int64)
-
-
-def bucket_counts(slots: np.ndarray, counts: np.ndarray, boundary_slot: int, spec: WindowSpec) -> np.ndarray:
-    """Per-bucket counts (int64, oldest first) of one item from its (slot, count) pairs."""
-    return bucket_count_matrix(np.zeros(len(slots), dtype=np.int64), slots, counts, boundary_slot, spec, 1)[0]
-
-
 def bucket_count_matrix(
     item_index: np.ndarray,
     slots: np.ndarray,
@@ -129,16 +118,3 @@ def decode_ring(value: bytes | None) -> np.ndarray:
 
 def encode_ring(ring: np.ndarray) -> bytes:
     return np.ascontiguousarray(ring, dtype=RING_DTYPE).tobytes()
-
-
-def merge_ring(ring: np.ndarray, slots: np.ndarray, counts: np.ndarray, oldest_kept_slot: int) -> np.ndarray:
-    """Add (slot, count) deltas to a ring and drop slots older than `oldest_kept_slot`."""
-    all_slots = np.concatenate([ring["slot"], np.asarray(slots, dtype=np.int64)])
-    all_counts = np.concatenate([ring["count"].astype(np.int64), np.asarray(counts, dtype=np.int64)])
-    keep = all_slots >= oldest_kept_slot
-    uniq, inverse = np.unique(all_slots[keep], return_inverse=True)
-    summed = np.bincount(inverse, weights=all_counts[keep], minlength=len(uniq))
-    out = np.empty(len(uniq), dtype=RING_DTYPE)
-    out["slot"] = uniq
-    out["count"] = summed.round().astype(np.uint32)
-    return out

@@ -1,6 +1,6 @@
 """Worker configuration: topic names, partition count, window geometry, batching and scoring knobs.
 
-One frozen dataclass, built from CLI flags by `streams.worker_cli` and from code by tests and benches.
+One frozen dataclass, built from CLI flags by `streams.cli.worker` and from code by tests and benches.
 No I/O here.
 """
 

@@ -57,7 +57,8 @@ def make_replay(broker: str):
 @pytest.fixture(scope="session")
 def tiny_trail_model(tmp_path_factory: pytest.TempPathFactory):
     """A tiny TRAIL model trained for a few steps on ml-100k (seconds), saved as `trail train` saves it."""
-    from models.train import TrainConfig, train
+    from models.train import train
+    from models.train_config import TrainConfig
 
     out = tmp_path_factory.mktemp("models") / "trail-tiny-session"
     train(TrainConfig.for_base("tiny", steps=2, batch_size=8, explain_rows=2, contrastive_rows=2, val_days=0), out)

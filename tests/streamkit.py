@@ -11,7 +11,7 @@ from infra.kafka_config import KafkaSettings
 from streams.chaos import BASE_TS_MS, DAY_MS
 from streams.chaos import make_events as chaos_events
 from streams.producer import ClickProducer
-from streams.tail_cli import read_records
+from streams.trend_reader import read_records
 from streams.worker_process import WorkerProcess
 
 WINDOW_ARGS = ["--slot-s", "86400", "--bucket-s", "604800", "--n-buckets", "4", "--allowed-lateness-s", "86400"]

@@ -10,15 +10,8 @@ import types
 import numpy as np
 import pytest
 
-from models.backtest import (
-    DEFAULT_ORIGINS,
-    SEGMENTS,
-    backtest_origins,
-    forecasts_at,
-    origin_iso,
-    run_backtest,
-    targets_at,
-)
+from models.backtest import SEGMENTS, forecasts_at, origin_iso, run_backtest
+from models.backtest_data import DEFAULT_ORIGINS, backtest_origins, targets_at
 from models.baselines import EMAScorer, GradientBoostingScorer, MostPopScorer, RecentPopScorer, default_baselines
 from models.datasets import EventLog, load_dataset, sorted_log
 from models.scoring import FittableScorer

@@ -30,3 +30,14 @@ def test_a_missing_file_is_reported_before_the_broker_is_asked(tmp_path):
     missing = tmp_path / "missing.jsonl"
     result = trail("produce", str(missing), "--bootstrap", f"127.0.0.1:{free_port()}")
     assert result.returncode == 2 and result.stderr.strip() == f"trail produce: error: no such file: {missing}"
+
+
+def test_a_subcommand_that_fails_to_import_is_listed_as_unavailable_and_exits_2(monkeypatch, capsys):
+    from streams.cli import build_parser, main
+
+    monkeypatch.setitem(sys.modules, "streams.cli.chaos", None)   # importing it now raises ImportError
+    help_text = build_parser().format_help()
+    assert "chaos" in help_text and "UNAVAILABLE: streams.cli.chaos failed to import" in help_text
+    assert main(["chaos", "--events", "10"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("trail chaos: error: streams.cli.chaos failed to import")

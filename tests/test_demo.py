@@ -9,7 +9,7 @@ import pytest
 
 from schemas import TREND_V1, validator
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(300)]
 
 
 def test_headless_demo_prints_its_summary_and_writes_valid_records(tiny_trail_bundle, tmp_path, capsys):

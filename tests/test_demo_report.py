@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from streams.demo_cli import markdown_cell, write_outputs
+from streams.cli.demo import markdown_cell, write_outputs
 
 UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
 

@@ -14,8 +14,8 @@ import pytest
 from export.bench_score import synthetic_batch
 from export.bundle import BundleError, resolve_bundle_dir
 from export.onnx_scorer import load_bundle_scorer
-from export.prompts import prompt_inputs
 from export.runtime import CPU, create_session, nvidia_device_present
+from models.prompts import prompt_inputs
 from models.scoring import Scorer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +26,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny TRAIL model (the default configuration: output vocabulary, copy path) trained for 12 steps on ml-100k
     (seconds), saved like `trail train` saves it. After 2 steps its copy path still spreads its mass by token
     frequency and it writes only spaces, which decode to "": 12 steps give visible tokens to compare."""
-    from models.train import TrainConfig, train
+    from models.train import train
+    from models.train_config import TrainConfig
 
     out = tmp_path_factory.mktemp("models") / "trail-tiny-test"
     cfg = TrainConfig.for_base("tiny", steps=12, batch_size=8, explain_rows=2, contrastive_rows=2, val_days=0)
@@ -71,6 +72,12 @@ def test_numpy_prompt_inputs_equal_the_torch_helpers(torch_scorer, onnx_scorer, 
     assert rows == torch_scorer.tokens.prompts(batch.texts)
     lines = ["last week 3; forecast 4.5, rising.", "x", "Überraschung: 12% (ok)"]
     assert onnx_scorer.tokens.evidence(lines) == torch_scorer.tokens.evidence(lines)
+    # the shared prompt builder reads the transformers tokenizer's backend: the same ids as transformers itself
+    hf = torch_scorer.tokenizer
+    expected = hf([f" {line}\n" for line in lines], add_special_tokens=False)["input_ids"]
+    assert torch_scorer.tokens.evidence(lines) == expected
+    assert [r[1:] for r in torch_scorer.tokens.text_rows(batch.texts)] == [
+        hf.encode(t, add_special_tokens=False)[:torch_scorer.config.max_text_tokens] for t in batch.texts]
     feeds = prompt_inputs(rows, torch_features, 4)
     for name, tensor in zip(("input_ids", "attention_mask", "position_ids", "numeric_prefix"),
                             torch_prompt_inputs(rows, torch_features, 4), strict=True):

@@ -1,21 +1,18 @@
-"""Offline features equal the stream's, and read nothing at or after the boundary (models.backtest)."""
+"""Offline features equal the stream's, and read nothing at or after the boundary (models.backtest_data)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import rocksdict
 
-from models.backtest import backtest_origins, feature_batch_at, targets_at
+from models.backtest_data import backtest_origins, feature_batch_at, targets_at
 from models.datasets import EventLog, load_dataset, sorted_log
 from models.features import SIGNAL_NAMES, FeatureBatch, feature_matrix, feature_names
-from models.windows import (
-    WindowSpec,
-    bucket_counts,
-    decode_ring,
-    encode_ring,
-    last_event_slot_matrix,
-    merge_ring,
-)
+from models.windows import WindowSpec
+from streams.deltas import DeltaColumns
+from streams.scoring_loop import features_at
+from streams.state import PartitionState
 
 DAY_MS = 86_400_000
 SPEC = WindowSpec(slot_s=86_400, bucket_s=7 * 86_400, n_buckets=3, allowed_lateness_s=86_400)
@@ -33,35 +30,34 @@ def ml100k() -> EventLog:
     return load_dataset("ml-100k")
 
 
-def stream_rings(log: EventLog, spec: WindowSpec, oldest_kept_slot: int, seed: int) -> dict[str, bytes]:
-    """Feed the log's events through the stream's ring functions in random-sized, shuffled batches."""
+def stream_state(log: EventLog, spec: WindowSpec, path, seed: int) -> PartitionState:
+    """Feed the log through the stream's own state path (`PartitionState.apply_deltas`, the write, `accept`,
+    as `streams.app` does) over real RocksDB, in random-sized batches of shuffled per-(item, slot) deltas."""
     rng = np.random.default_rng(seed)
-    store: dict[str, bytes] = {}
+    db = rocksdict.Rdict(str(path), options=rocksdict.Options(raw_mode=True))
+    state = PartitionState(0, db, spec, n_sources=1)
     cuts = np.sort(rng.choice(np.arange(1, len(log)), size=25, replace=False))
+    offset = 0
     for rows in np.split(np.arange(len(log)), cuts):
         rows = rng.permutation(rows)  # order inside a batch must not matter
         items = log.item_id[rows].astype(str)
         slots = spec.slots_of(log.ts_ms[rows])
-        for item in np.unique(items):
-            mine = items == item
-            # a batch arrives as per-(item, slot) deltas, as the stream pre-aggregates them
-            uniq, counts = np.unique(slots[mine], return_counts=True)
-            ring = merge_ring(decode_ring(store.get(item)), uniq, counts, oldest_kept_slot)
-            store[item] = encode_ring(ring)
-    return store
+        columns = DeltaColumns()
+        # a batch arrives as per-(item, slot) deltas, as the stream pre-aggregates them
+        pairs, counts = np.unique(np.stack([items, slots.astype(str)]), axis=1, return_counts=True)
+        for (item, slot), count in zip(pairs.T, counts, strict=True):
+            columns.append(offset, str(item), int(slot), int(count), None)
+            offset += 1
+        update = state.apply_deltas(0, int(log.ts_ms[rows].max()), columns)
+        for key, value in update.writes.items():
+            db.put(key, value)
+        state.accept(update)
+    return state
 
 
-def stream_feature_batch(store: dict[str, bytes], spec: WindowSpec, boundary: int, texts: dict) -> FeatureBatch:
-    """What the stream computes at a boundary from its rings: active items, ordered by id."""
-    rows = []
-    for item in sorted(store):
-        ring = decode_ring(store[item])
-        counts = bucket_counts(ring["slot"], ring["count"], boundary, spec)
-        if counts.sum() > 0:
-            last = last_event_slot_matrix(np.zeros(len(ring), np.int64), ring["slot"], boundary, 1)[0]
-            rows.append((item, counts, last))
-    return FeatureBatch([r[0] for r in rows], np.array([r[1] for r in rows]), np.array([r[2] for r in rows]),
-                        boundary, spec, texts=[texts.get(r[0], "") for r in rows])
+def stream_feature_batch(state: PartitionState, spec: WindowSpec, boundary: int, texts: dict) -> FeatureBatch:
+    """What the stream computes at a boundary: its snapshot of the rings, then `streams.scoring_loop.features_at`."""
+    return features_at(state.snapshot(), boundary, spec, lambda ids: [texts.get(i, "") for i in ids])
 
 
 def assert_same_features(a: FeatureBatch, b: FeatureBatch) -> None:
@@ -73,23 +69,24 @@ def assert_same_features(a: FeatureBatch, b: FeatureBatch) -> None:
         np.testing.assert_array_equal(a.signals[name], b.signals[name])
 
 
-def test_stream_rings_give_the_backtest_features_on_ml100k(ml100k):
+def test_stream_state_gives_the_backtest_features_on_ml100k(ml100k, tmp_path):
     spec = ml100k.default_spec()
     boundary = backtest_origins(ml100k, spec, 8)[3]
-    # the stream keeps what a boundary still to be scored can read; events after the boundary arrive too
-    store = stream_rings(ml100k, spec, oldest_kept_slot=boundary - spec.window_slots, seed=1)
-    assert_same_features(stream_feature_batch(store, spec, boundary, ml100k.items),
+    # events after the boundary arrive too: the features read only the slots before it
+    state = stream_state(ml100k.before(spec.boundary_ms(boundary + 3)), spec, tmp_path / "db", seed=1)
+    assert_same_features(stream_feature_batch(state, spec, boundary, ml100k.items),
                          feature_batch_at(ml100k, spec, boundary))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_stream_rings_give_the_backtest_features_at_every_boundary(seed):
+def test_stream_state_gives_the_backtest_features_at_every_boundary(seed, tmp_path):
     rng = np.random.default_rng(seed)
     events = [(f"i{rng.integers(0, 12)}", float(rng.uniform(0, 60)), f"u{rng.integers(0, 9)}") for _ in range(400)]
     log = tiny_log(events, {"i1": "one"})
     for boundary in range(5, 61, 4):
-        store = stream_rings(log, SPEC, oldest_kept_slot=boundary - SPEC.window_slots, seed=seed)
-        assert_same_features(stream_feature_batch(store, SPEC, boundary, log.items),
+        # the log up to the boundary's slot: the state keeps every slot a boundary still to be scored can read
+        state = stream_state(log.before(SPEC.boundary_ms(boundary + 1)), SPEC, tmp_path / f"db{boundary}", seed)
+        assert_same_features(stream_feature_batch(state, SPEC, boundary, log.items),
                              feature_batch_at(log, SPEC, boundary))
 
 

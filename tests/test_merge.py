@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from streams.merge import CandidatesMessage, MergeProgress, record_id
-from streams.tail_cli import first_sightings
+from streams.trend_reader import first_sightings
 
 WINDOW = {"start": 0, "end": 86_400_000, "slot_s": 86_400, "bucket_s": 604_800}
 MODEL = {"name": "trail-tiny", "version": "3", "sha256": "ab" * 32}

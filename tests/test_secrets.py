@@ -8,7 +8,8 @@ import logging
 
 import pytest
 
-from infra.kafka_config import KafkaSettings, add_kafka_args, settings_from_args
+from infra.kafka_config import KafkaSettings
+from streams.cli.common import add_kafka_args, settings_from_args
 from streams.config import WorkerConfig
 
 PASSWORD = "hunter2-Zq8"

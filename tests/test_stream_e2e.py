@@ -19,7 +19,7 @@ from tests.streamkit import DAY_MS, Replay, by_step, comparable, make_events, re
 
 N_BUCKETS = 4
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(300)]
 
 
 def assert_counts_match_recount(steps: dict[int, list[dict]], events: list[dict]) -> None:

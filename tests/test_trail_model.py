@@ -157,24 +157,25 @@ def test_forecast_head_and_generator_run(tiny_model, tokenizer) -> None:
 
 
 def test_tiny_training_makes_the_loss_fall(tiny_model, tokenizer) -> None:
-    from models import train as trainer
     from models.datasets import load_dataset
     from models.trail import TrailConfig, build_model
-    from models.trail_scorer import PromptTokens
+    from models.train_config import TrainConfig
+    from models.train_examples import build_examples, training_boundaries
+    from models.train_step import StepBuilder, train_step
 
     log = load_dataset("ml-100k")
     spec = log.default_spec()
-    _, train_range, _ = trainer.training_boundaries(log, spec, n_origins=8, val_days=7)
-    data = trainer.build_examples(log, spec, range(train_range.start + 50, train_range.start + 52))
-    cfg = trainer.TrainConfig.for_base("tiny", batch_size=16, explain_rows=4, contrastive_rows=4, seed=0)
+    _, train_range, _ = training_boundaries(log, spec, n_origins=8, val_days=7)
+    data = build_examples(log, spec, range(train_range.start + 50, train_range.start + 52))
+    cfg = TrainConfig.for_base("tiny", batch_size=16, explain_rows=4, contrastive_rows=4, seed=0)
     model = build_model(TrailConfig(base="tiny"), seed=0)
-    builder = trainer.StepBuilder(PromptTokens(tokenizer, model.config), model.config, spec.window_slots)
+    builder = StepBuilder(tokenizer, model.config, spec.window_slots)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     rng = np.random.default_rng(0)
     rows = rng.choice(len(data), size=16, replace=False)   # one fixed batch: the loss must fall on it
     totals = []
     for _ in range(25):
-        losses = trainer.train_step(model, builder, data, rows, cfg, np.random.default_rng(1))
+        losses = train_step(model, builder, data, rows, cfg, np.random.default_rng(1))
         optimizer.zero_grad()
         losses["total"].backward()
         optimizer.step()
@@ -184,8 +185,8 @@ def test_tiny_training_makes_the_loss_fall(tiny_model, tokenizer) -> None:
 
 
 def test_saved_model_loads_back_and_refuses_changed_weights(tiny_model, tokenizer, tmp_path) -> None:
+    from models.model_card import render_model_card
     from models.trail_scorer import WEIGHTS_FILE, load_trail_scorer, save_trail_model
-    from models.train import render_model_card
 
     card = {"name": "trail-test", "model": "TRAIL", "created_utc": "now", "license_notes": "",
             "base": {"name": "tiny", "source": "test", "fine_tuning": "none"},
@@ -225,7 +226,7 @@ def test_training_on_cuda_without_a_device_fails_clearly_before_any_work() -> No
 
 @pytest.fixture(scope="module")
 def rationale_ids(tokenizer) -> list[int]:
-    from models.train import rationale_output_ids
+    from models.train_step import rationale_output_ids
 
     return rationale_output_ids(tokenizer, WEEK_S)
 

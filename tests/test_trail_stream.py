@@ -14,7 +14,7 @@ from schemas import TREND_V1, validator
 from streams.scoring_loop import top_k_order
 from tests.streamkit import Replay, by_step
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(400)]
 ML100K_WINDOWS = ["--slot-s", "86400", "--bucket-s", "604800", "--n-buckets", "8", "--allowed-lateness-s", "86400"]
 DAY_MS = 86_400_000
 
@@ -64,7 +64,7 @@ def assert_published_explanations_are_faithful(records: list[dict]) -> None:
 
 def test_live_trends_equal_the_backtest_path_for_the_same_steps(make_replay, unique_topic, tmp_path, ml100k,
                                                                tiny_trail_bundle, tiny_trail_model):
-    from models.backtest import feature_batch_at
+    from models.backtest_data import feature_batch_at
     from models.trail_scorer import load_trail_scorer
 
     events = first_weeks(ml100k, 12)

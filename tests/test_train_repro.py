@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from models.train import TrainConfig, lr_factor, train, training_progress
+from models.train import lr_factor, train, training_progress
+from models.train_config import TrainConfig
 
 # seconds on 2 cores: a few tiny steps on small batches, no validation
 TINY = {"batch_size": 8, "explain_rows": 2, "contrastive_rows": 2, "val_days": 0}

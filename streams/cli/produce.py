@@ -10,8 +10,8 @@ from pathlib import Path
 
 import orjson
 
-from infra.kafka_config import add_kafka_args, settings_from_args
-from streams.config import Topics
+from streams.cli.common import add_kafka_args, settings_from_args
+from streams.config import Topics, WorkerConfig
 
 
 def add_parser(subparsers) -> None:
@@ -27,7 +27,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--items", type=Path, help="optional items file (JSONL: item_id, text/title) for FILE")
     parser.add_argument("--topic", default=Topics.clicks, help="the clicks topic (default %(default)s)")
     parser.add_argument("--items-topic", default=Topics.items, help="the catalogue topic (default %(default)s)")
-    parser.add_argument("--partitions", type=int, default=4, help="partitions of the clicks topic")
+    parser.add_argument("--partitions", type=int, default=WorkerConfig.partitions,
+                        help="partitions of the clicks topic")
     parser.add_argument("--envelope", type=int, default=100, help="events per message (1: one event per message)")
     parser.add_argument("--speed", type=float, default=0.0,
                         help="event-time seconds replayed per wall second (0: as fast as possible)")

@@ -20,6 +20,8 @@ import orjson
 
 from infra.errors import CommandError
 from infra.paths import REPO_ROOT
+from streams.cli.common import topic_flags
+from streams.config import Topics, WorkerConfig
 
 ML100K_SPAN_S = 32 * 7 * 86_400
 
@@ -68,19 +70,19 @@ def ensure_bundle(args: argparse.Namespace) -> str:
     return "trail-tiny"
 
 
-def replay_dataset(bootstrap: str, topics: dict[str, str], speed: float, done: threading.Event, stats: dict,
+def replay_dataset(bootstrap: str, topics: Topics, speed: float, done: threading.Event, stats: dict,
                    halt: threading.Event) -> None:
     from infra.kafka_config import KafkaSettings
     from models.datasets import load_dataset
-    from streams.produce_cli import paced
+    from streams.cli.produce import paced
     from streams.producer import ClickProducer, produce_items
 
     settings = KafkaSettings(bootstrap=bootstrap)
     log = load_dataset("ml-100k")
-    produce_items(settings, topics["items"], log.items)
+    produce_items(settings, topics.items, log.items)
     time.sleep(1.0)  # let the catalogue land before the first step needs titles
     started = time.monotonic()
-    with ClickProducer(settings, topics["clicks"], 4, envelope=50) as producer:
+    with ClickProducer(settings, topics.clicks, WorkerConfig.partitions, envelope=50) as producer:
         for event in paced(log.iter_events(), speed):
             if halt.is_set():   # --duration ran out: stop before the broker goes away under the producer
                 break
@@ -163,16 +165,16 @@ def run(args: argparse.Namespace) -> int:
     from infra.broker import EmbeddedBroker
     from infra.kafka_config import KafkaSettings
     from infra.procs import free_port
-    from streams.tail_cli import read_records
+    from streams.trend_reader import read_records
     from streams.worker_process import WorkerProcess
 
     scorer = "velocity" if args.baseline else ensure_bundle(args)
-    topics = {"clicks": "clicks", "items": "items", "dlq": "clicks-dlq", "trending": "trending-items"}
+    topics = Topics()
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory(prefix="trail-demo-") as data_dir:
         say(args, f"embedded broker on {broker.bootstrap}; starting a worker scoring with {scorer}...")
         ui_port = args.ui_port or free_port()
         # ml-100k is from 1997-98, before the default earliest event time (2000-01-01)
-        worker = WorkerProcess(["--bootstrap", broker.bootstrap, "--min-event-time", "1990-01-01",
+        worker = WorkerProcess(["--bootstrap", broker.bootstrap, *topic_flags(topics), "--min-event-time", "1990-01-01",
                                 "--scorer", scorer, "--top-k", str(args.top_k),
                                 "--idle-flush-s", "3", "--slot-s", "86400", "--bucket-s", "604800",
                                 "--n-buckets", "8", "--allowed-lateness-s", "86400", "--log-level", "warning",
@@ -182,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
         producer = threading.Thread(target=replay_dataset, daemon=True,
                                     args=(broker.bootstrap, topics, ML100K_SPAN_S / args.replay_s, done, stats, halt))
         try:
-            worker.wait_for(lambda s: len(s.get("assigned", [])) == 4, 120, "partitions assigned")
+            worker.wait_for(lambda s: len(s.get("assigned", [])) == WorkerConfig.partitions, 120, "partitions assigned")
             say(args, f"live trends page: http://127.0.0.1:{ui_port}/ (metrics at /metrics; up while the replay runs)")
             started = time.monotonic()
             producer.start()
@@ -190,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
             step: list[dict] = []
             final_boundary_ms = last_boundary_ms()
             with Live(auto_refresh=False, transient=False) if not args.json else _NullLive() as live:
-                for record in read_records(KafkaSettings(bootstrap=broker.bootstrap), topics["trending"], True,
+                for record in read_records(KafkaSettings(bootstrap=broker.bootstrap), topics.trending, True,
                                            idle_exit_s=8.0):
                     records.append(record)
                     if step and record["window"]["end"] != step[0]["window"]["end"]:

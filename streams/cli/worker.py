@@ -9,39 +9,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from export.bundle import PIN_ENV
-from infra.kafka_config import add_kafka_args, settings_from_args
 from models.windows import WindowSpec
-from streams.config import Topics, WorkerConfig
-
-
-def add_window_args(parser: argparse.ArgumentParser) -> None:
-    defaults = WindowSpec()
-    group = parser.add_argument_group("windows (event time)")
-    group.add_argument("--slot-s", type=int, default=defaults.slot_s, help="counting grain in seconds (default: 1 day)")
-    group.add_argument("--bucket-s", type=int, default=defaults.bucket_s,
-                       help="forecasting period in seconds, a multiple of --slot-s (default: 7 days)")
-    group.add_argument("--n-buckets", type=int, default=defaults.n_buckets, help="buckets of history per item")
-    group.add_argument("--allowed-lateness-s", type=int, default=defaults.allowed_lateness_s,
-                       help="watermark = max event time - this; later events are counted and reported as late")
-
-
-def window_spec_from_args(args: argparse.Namespace) -> WindowSpec:
-    return WindowSpec(slot_s=args.slot_s, bucket_s=args.bucket_s, n_buckets=args.n_buckets,
-                      allowed_lateness_s=args.allowed_lateness_s)
-
-
-def add_topic_args(parser: argparse.ArgumentParser) -> None:
-    defaults = Topics()
-    group = parser.add_argument_group("topics")
-    for name in ("clicks", "items", "dlq", "trending"):
-        group.add_argument(f"--{name}-topic", default=getattr(defaults, name), metavar="NAME")
-    group.add_argument("--partitions", type=int, default=4,
-                       help="partitions of clicks/items and the internal topics (created if missing)")
-
-
-def topics_from_args(args: argparse.Namespace) -> Topics:
-    return Topics(clicks=args.clicks_topic, items=args.items_topic, dlq=args.dlq_topic,
-                  trending=args.trending_topic)
+from streams.cli.common import (
+    add_kafka_args,
+    add_topic_args,
+    add_window_args,
+    settings_from_args,
+    topics_from_args,
+    window_spec_from_args,
+)
+from streams.config import WorkerConfig
 
 
 def scorer_pin(text: str) -> str:
@@ -62,28 +39,28 @@ def add_parser(subparsers) -> None:
         "explanations to the trending topic. Run several with distinct --worker-id to share partitions.")
     add_kafka_args(parser)
     add_topic_args(parser)
-    add_window_args(parser)
-    parser.add_argument("--top-k", type=int, default=10, help="trending items per step")
-    parser.add_argument("--max-candidates", type=int, default=10_000,
+    add_window_args(parser, WindowSpec())
+    parser.add_argument("--top-k", type=int, default=WorkerConfig.top_k, help="trending items per step")
+    parser.add_argument("--max-candidates", type=int, default=WorkerConfig.max_candidates,
                         help="items per partition a scoring step considers: the most active recently "
                         "(a bounded heavy-hitter summary, so memory stays flat with millions of items)")
-    parser.add_argument("--scorer", default="velocity",
+    parser.add_argument("--scorer", default=WorkerConfig.scorer,
                         help="'velocity' (baseline) or a TRAIL ONNX bundle NAME|DIR (artifacts/bundles/NAME); "
                         "a missing/corrupt bundle falls back to the baseline and is reloaded when it changes")
     parser.add_argument("--scorer-sha256", type=scorer_pin, default=os.environ.get(PIN_ENV) or None, metavar="HEX",
                         help="pin the approved bundle: the sha256 of its manifest.json bytes, which `trail export` "
                         "prints (the manifest lists every file's sha256). Any other bundle is refused: the worker "
                         f"exits at start, and a hot reload keeps the current scorer (default: ${PIN_ENV})")
-    parser.add_argument("--step-budget-s", type=float, default=5.0,
+    parser.add_argument("--step-budget-s", type=float, default=WorkerConfig.step_budget_s,
                         help="a model step slower than this is scored by the baseline instead")
-    parser.add_argument("--data-dir", type=Path, default=Path("artifacts/worker"),
+    parser.add_argument("--data-dir", type=Path, default=WorkerConfig.data_dir,
                         help="RocksDB state lives in DATA_DIR/WORKER_ID")
-    parser.add_argument("--worker-id", default="w1", help="distinct per worker on one machine")
-    parser.add_argument("--app-id", default="trail", help="consumer group / internal topic prefix")
-    parser.add_argument("--batch-max-messages", type=int, default=5000)
-    parser.add_argument("--idle-flush-s", type=float, default=0.0,
+    parser.add_argument("--worker-id", default=WorkerConfig.worker_id, help="distinct per worker on one machine")
+    parser.add_argument("--app-id", default=WorkerConfig.app_id, help="consumer group / internal topic prefix")
+    parser.add_argument("--batch-max-messages", type=int, default=WorkerConfig.batch_max_messages)
+    parser.add_argument("--idle-flush-s", type=float, default=WorkerConfig.idle_flush_s,
                         help="if > 0, after this many seconds without input score up to the latest event")
-    parser.add_argument("--max-future-s", type=int, default=86_400,
+    parser.add_argument("--max-future-s", type=int, default=WorkerConfig.max_future_s,
                         help="reject events whose time is this far beyond the wall clock")
     parser.add_argument("--min-event-time", type=event_time_ms, default=WorkerConfig.min_ts_ms, metavar="DATE|MS",
                         help="reject events before this time (ISO date or epoch ms; default 2000-01-01); "
@@ -94,9 +71,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--source-idle-timeout-s", type=float, default=WorkerConfig.source_idle_timeout_s,
                         help="an input partition silent for this many wall-clock seconds stops holding back "
                         "the watermark until it sends again (0: never; default %(default)s)")
-    parser.add_argument("--embedded-broker-fix", choices=("auto", "on", "off"), default="auto",
+    parser.add_argument("--embedded-broker-fix", choices=("auto", "on", "off"),
+                        default=WorkerConfig.embedded_broker_fix,
                         help="tansu end-offset shim: auto = only against the embedded broker")
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-level", default=WorkerConfig.log_level)
     add_http_args(parser)
     parser.set_defaults(func=run)
 
@@ -133,10 +111,10 @@ def add_http_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", nargs="?", choices=("run", "status"), default="run",
                         help="run the worker (default), or status: ask a running one's /readyz (exit 0 ready, "
                         "1 alive but not ready, 3 no answer)")
-    parser.add_argument("--metrics-port", "--port", type=int, default=0, metavar="PORT",
+    parser.add_argument("--metrics-port", "--port", type=int, default=WorkerConfig.metrics_port, metavar="PORT",
                         help="serve /metrics, /healthz, /readyz and the live trends page on this port "
                         "(0: off; recommended 9464; `status` asks 9464 when 0)")
-    parser.add_argument("--metrics-host", default="127.0.0.1",
+    parser.add_argument("--metrics-host", default=WorkerConfig.metrics_host,
                         help="address to serve on (0.0.0.0 in a container, for probes and scrapers)")
 
 

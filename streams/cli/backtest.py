@@ -12,7 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from models.windows import WindowSpec
+from streams.cli.common import add_window_args, window_spec_from_args
 
 
 def add_parser(subparsers) -> None:
@@ -29,26 +29,14 @@ def add_parser(subparsers) -> None:
                         "(artifacts/models/NAME or a directory) and check its explanations")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--report", type=Path, metavar="DIR", help="write DIR/report.md with PNG plots")
-    parser.add_argument("--origins", type=int, default=None,  # None: models.backtest.DEFAULT_ORIGINS (lazy import)
+    parser.add_argument("--origins", type=int, default=None,  # None: models.backtest_data.DEFAULT_ORIGINS (lazy import)
                         help="number of origins, one slot apart (default 50; ml-100k: 1998-02-26 ... 1998-04-16)")
     parser.add_argument("--boot", type=int, default=1000, help="bootstrap resamples per interval (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the learned baselines")
-    window = parser.add_argument_group("windows (default: the dataset's own; ml-100k: 1-day slots, 7-day buckets)")
-    window.add_argument("--slot-s", type=int, help="counting grain in seconds")
-    window.add_argument("--bucket-s", type=int, help="forecasting period in seconds, a multiple of --slot-s")
-    window.add_argument("--n-buckets", type=int, help="buckets of history per item")
+    add_window_args(parser, None, "windows (default: the dataset's own; ml-100k: 1-day slots, 7-day buckets)",
+                    lateness=False)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
-
-
-def window_spec(args: argparse.Namespace, default: WindowSpec) -> WindowSpec:
-    """The dataset's window geometry with any --slot-s / --bucket-s / --n-buckets applied."""
-    return WindowSpec(
-        slot_s=args.slot_s or default.slot_s,
-        bucket_s=args.bucket_s or default.bucket_s,
-        n_buckets=args.n_buckets or default.n_buckets,
-        allowed_lateness_s=default.allowed_lateness_s,
-    )
 
 
 def load_model(name_or_path: str):
@@ -93,13 +81,14 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from models.backtest import DEFAULT_ORIGINS, backtest_origins, evaluate_origins, summarise
+    from models.backtest import run_backtest
+    from models.backtest_data import DEFAULT_ORIGINS
     from models.baselines import default_baselines
     from models.datasets import load_dataset
 
     started = time.perf_counter()
     log = load_dataset(args.dataset, args.items)
-    spec = window_spec(args, log.default_spec())
+    spec = window_spec_from_args(args, log.default_spec())
     scorers = default_baselines(seed=args.seed)
     baselines = [s.name for s in scorers]
     explain = {}
@@ -108,17 +97,17 @@ def run(args: argparse.Namespace) -> int:
         scorers.append(model)
         if check is not None:
             explain[model.name] = check
-    origins = backtest_origins(log, spec, args.origins or DEFAULT_ORIGINS)
+    n_origins = args.origins or DEFAULT_ORIGINS
+    records: list = []
 
     progress = Progress(TextColumn("[bold]backtest[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=Console(stderr=True), disable=args.quiet)
     with progress:
-        task = progress.add_task(f"{log.name}: {len(origins)} origins", total=len(origins) * len(scorers))
-        records = evaluate_origins(log, spec, scorers, origins, explain,
-                                   on_step=lambda name: progress.update(task, advance=1, description=name))
-        progress.update(task, description="metrics and bootstrap intervals")
-        result = summarise(records, log, spec, [s.name for s in scorers], args.boot, args.seed, baselines)
-    result["seconds"] = round(time.perf_counter() - started, 3)
+        task = progress.add_task(f"{log.name}: {n_origins} origins", total=n_origins * len(scorers))
+        result = run_backtest(log, spec, scorers, n_origins, args.boot, args.seed, explain,
+                              on_step=lambda name: progress.update(task, advance=1, description=name),
+                              baselines=baselines, on_records=records.extend)
+    result["seconds"] = round(time.perf_counter() - started, 3)   # with loading the dataset and the model
 
     if args.report:
         from models.backtest_report import write_report

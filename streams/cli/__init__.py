@@ -1,32 +1,25 @@
 """The `trail` command: one argparse front door that dispatches to each subcommand's module.
 
-Each subcommand lives in its own module exposing ``add_parser(subparsers)``; that function registers
-the parser and sets ``func`` (called with the parsed args, returns an exit code). Modules keep heavy
-imports (torch, faust, onnxruntime) inside their run functions so `trail --help` stays fast.
+Each subcommand lives in its own module of this package (`streams.cli.<name>`) exposing
+``add_parser(subparsers)``; that function registers the parser and sets ``func`` (called with the parsed
+args, returns an exit code). The argument groups they share (Kafka, windows, topics) are in
+`streams.cli.common`. Modules keep heavy imports (torch, faust, onnxruntime) inside their run functions so
+`trail --help` stays fast; a module that fails to import shows in `--help` as unavailable, with the reason.
+The one place errors become output: a `TrailError` (or ValueError, FileNotFoundError) is one
+`trail COMMAND: error: ...` line and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 
 from infra.errors import TrailError
+from streams.cli.common import register
 
-# subcommand -> module with add_parser(); order is the order shown in --help
-SUBCOMMAND_MODULES = {
-    "broker": "infra.broker_cli",
-    "worker": "streams.worker_cli",
-    "produce": "streams.produce_cli",
-    "tail": "streams.tail_cli",
-    "train": "models.train_cli",
-    "export": "export.cli",
-    "backtest": "models.backtest_cli",
-    "bench": "streams.bench_cli",
-    "demo": "streams.demo_cli",
-    "chaos": "streams.chaos_cli",
-}
+# the subcommands, in the order --help shows them; each is the module streams.cli.<name>
+SUBCOMMANDS = ("broker", "worker", "produce", "tail", "train", "export", "backtest", "bench", "demo", "chaos")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,14 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Kafka commands take --bootstrap (default: $TRAIL_BOOTSTRAP, else 127.0.0.1:9092).",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_name in SUBCOMMAND_MODULES.values():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:  # a real missing dependency: say so loudly
-                raise
-            continue  # subcommand not part of this build
-        module.add_parser(subparsers)
+    register(subparsers, {name: f"{__name__}.{name}" for name in SUBCOMMANDS})
     return parser
 
 
@@ -68,6 +54,3 @@ def argv_command(argv: list[str] | None) -> str:
     words = sys.argv[1:] if argv is None else argv
     return next((w for w in words if not w.startswith("-")), "")
 
-
-if __name__ == "__main__":
-    sys.exit(main())

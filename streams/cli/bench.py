@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+from streams.cli.common import register
 
 # bench name -> module with add_bench_parser(subparsers)
 BENCH_MODULES = {
@@ -17,12 +17,5 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="benchmarks of the hot paths (JSON output)",
                                    description="Benchmarks of the hot paths; each prints one JSON object.")
     benches = parser.add_subparsers(dest="bench", metavar="BENCH")
-    for module_name in BENCH_MODULES.values():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        module.add_bench_parser(benches)
+    register(benches, BENCH_MODULES, hook="add_bench_parser")
     parser.set_defaults(func=lambda args: parser.print_help() or 2)

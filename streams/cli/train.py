@@ -69,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
     )
 
     from models import train as trainer
+    from models.train_config import TrainConfig
 
-    cfg = trainer.TrainConfig.for_base(
+    cfg = TrainConfig.for_base(
         args.base, dataset=args.dataset, contrastive=not args.no_contrastive, seed=args.seed, steps=args.steps,
         epochs=args.epochs, batch_size=args.batch_size, explain_rows=args.explain_rows,
         contrastive_rows=args.contrastive_rows, lr=args.lr, head_lr=args.head_lr,
