@@ -2,8 +2,9 @@
 schedule and how the log is cut into chunks around it, the planted bad input, the straight recount of the
 de-duplicated log, the comparison of emitted trend records with that recount, and the summary statistics.
 
-`streams.chaos_cli` runs the schedule against real workers and a real broker and feeds what it read back
-into `compare`; everything here is deterministic given its arguments (tested in tests/test_chaos.py).
+`streams.chaos_run` runs the schedule against real workers and a real broker and feeds what it read back
+into `compare` (the command is `streams.cli.chaos`); everything here is deterministic given its arguments
+(tested in tests/test_chaos.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from streams.tail_cli import first_sightings
+from streams.trend_reader import first_sightings
 
 DAY_MS = 86_400_000
 BASE_TS_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z, a slot boundary
