@@ -1,6 +1,6 @@
 """`trail bench score`: speed of the ONNX serving path (forecast and explanation) and its parity with PyTorch.
 
-Prints one JSON object (keys in README "ONNX export and serving"): `provider`, `forecast_items_per_s`
+Prints one JSON object (keys in docs/benchmarks.md, `trail bench score`): `provider`, `forecast_items_per_s`
 (forecast only, `--items` items, default 10,000, item text vectors cached as in every step after an item's
 first) and `forecast_cold_items_per_s` (the first call, which also reads every item's text),
 `explain_batch`, `explain_p50_ms` / `explain_p99_ms` (one `explain` call for a batch, `--new-tokens` 48),

@@ -77,7 +77,7 @@ def session_options(intra_op_threads: int = 0, spin: bool = False):
     """Sequential execution, all graph optimisations, `intra_op_threads` (0: one per core).
 
     spin=False stops idle intra-op threads from busy-waiting: on the shared 2-core machine that measured
-    ~35 % more forecasts per second and ~30 % less CPU time (README "ONNX export and serving").
+    ~35 % more forecasts per second and ~30 % less CPU time (docs/onnx-serving.md, "Serving").
     """
     import onnxruntime as ort
 

@@ -1,6 +1,6 @@
 """The backtest's Markdown report: a metrics table and PNG plots (matplotlib, Agg backend, no display).
 
-Owns how results look: `markdown_table` (also pasted into the README), the paired-difference lines and
+Owns how results look: `markdown_table` (also pasted into docs/backtest-and-results.md), the paired-difference lines and
 table (`significance_lines`, `paired_table`), the per-segment tables, and `write_report`, which draws
 forecast-vs-truth lines for the top items and metric bars with bootstrap intervals. Reads the
 `trail backtest` JSON object and the per-origin records of `models.backtest`; computes no metrics.

@@ -23,7 +23,7 @@ A sequence is laid out as
 - popularity forecast (`ForecastHead`): an MLP over [numeric features, text vector] -> log1p next-bucket
   count. Its hidden layer is the forecast representation. Forecasting 10,000 items per step is then a
   small matrix product per item instead of a pass of the LM over ~25 tokens per item (38 MFLOP -> 0.2
-  MFLOP for tiny; README "ONNX export and serving");
+  MFLOP for tiny; docs/trail-model.md, measured in docs/benchmarks.md);
 - explanation: generated after an evidence line that holds the signals and the model's *own* forecast
   (`models.rationales.evidence_text`), so the words and the score agree;
 - output vocabulary (`TrailConfig.output_ids`, tiny): the generator's softmax runs over the ~130 token ids the

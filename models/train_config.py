@@ -59,12 +59,12 @@ class TrainConfig:
             defaults.update(batch_size=16, explain_rows=4, contrastive_rows=8, lr=5e-4, head_lr=1e-3, val_rows=1000,
                             max_minutes=100.0)
         else:
-            # README "The tiny generator in its fixed steps": the output vocabulary of the rationale templates
-            # (129 ids instead of the 49k-way head) and fused AdamW made a step cheap enough for 32 explanation
-            # rows with every rationale token labelled (0.32 s per step on 2 cores: 700 steps in ~4 minutes), and
-            # the copy path, which copies the evidence line's numbers, took validation faithfulness from 0.06 to
-            # 0.99-1.00 (two seeds). Targets call the item "it": the descriptor ("this 1995 action thriller")
-            # measured worse in the same steps.
+            # docs/trail-model.md "The tiny generator in its fixed steps": the output vocabulary of the rationale
+            # templates (129 ids instead of the 49k-way head) and fused AdamW made a step cheap enough for 32
+            # explanation rows with every rationale token labelled (0.32 s per step on 2 cores: 700 steps in ~4
+            # minutes), and the copy path, which copies the evidence line's numbers, took validation faithfulness
+            # from 0.06 to 0.99-1.00 (two seeds). Targets call the item "it": the descriptor ("this 1995 action
+            # thriller") measured worse in the same steps.
             defaults.update(batch_size=32, explain_rows=32, contrastive_rows=8, explain_token_share=1.0,
                             output_vocab="rationales", copy_path=True, descriptor=False, max_minutes=8.0)
         defaults.update({k: v for k, v in overrides.items() if v is not None})

@@ -1,4 +1,4 @@
-"""`trail bench`: benchmark commands, each printing one JSON object (keys documented in the README)."""
+"""`trail bench`: benchmark commands, each printing one JSON object (keys and results in docs/benchmarks.md)."""
 
 from __future__ import annotations
 
