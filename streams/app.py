@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import faust
 import orjson
+from faust.types import TP
 
 from infra.files import write_atomic_private
 from models.features import FeatureBatch
@@ -297,8 +298,9 @@ class Pipeline:
             if processed < ends[tp]:
                 continue   # unprocessed messages: a backlog, not an idle partition
             watermark = self.router.max_ts_ms.get(source, -1)
+            declaration = encode_idle(source, watermark, ends[tp])
             for target in range(self.config.partitions):
-                await self.writer.send(self.config.deltas_topic, None, encode_idle(source, watermark), target)
+                await self.writer.send(self.config.deltas_topic, None, declaration, target)
             self.idle_declared[source] = now
 
     async def reject_internal(self, topic: str, partition: int, offset: int, value: bytes | None,
@@ -322,7 +324,7 @@ class Pipeline:
 
     async def apply(self, partition: int, offset: int, value: bytes | None) -> None:
         try:
-            source, watermark, columns, idle = decode_deltas(value, self.config.partitions,
+            source, watermark, columns, idle_end = decode_deltas(value, self.config.partitions,
                                                              latest_acceptable_ts_ms(self.config.max_future_s))
         except InvalidInternalMessage as exc:
             await self.reject_internal(self.config.deltas_topic, partition, offset, value, str(exc))
@@ -331,12 +333,12 @@ class Pipeline:
         async with self.locks[partition]:
             if self.states.get(partition) is not state:
                 return  # revoked while waiting: the new owner applies it (the offset was not committed)
-            update = state.apply_deltas(source, watermark, columns, idle)
+            update = state.apply_deltas(source, watermark, columns, idle_end)
             await self.writer.commit(self.counts_table, partition, update.writes)
             state.accept(update)
             self._count(update)
             self.last_input_at[partition] = time.monotonic()
-            due = self.snapshot_due(state, idle=False)
+            due = await self.due_jobs(state, idle=False)
         for job in due:  # outside the lock: run_scoring takes it to commit, and a full queue waits for that
             await self.score_queue.put(job)
 
@@ -347,6 +349,24 @@ class Pipeline:
         self.counters.late += update.late_events
         self.counters.redelivered_skipped += update.skipped_entries
         self.counters.duplicates += update.duplicate_events
+
+    async def due_jobs(self, state: PartitionState, idle: bool) -> list[ScoringJob]:
+        """`snapshot_due`, once every source declared idle that the watermark's advance relies on is checked
+        against its end offset now (called with the partition's lock held)."""
+        if state.advance_relies_on_idle():
+            await self.confirm_idle(state)
+        return self.snapshot_due(state, idle)
+
+    async def confirm_idle(self, state: PartitionState) -> None:
+        """Ask the broker for the idle sources' end offsets; any that moved (or cannot be read) is not idle."""
+        clicks = self.config.topics.clicks
+        try:
+            ends = await self.app.consumer.highwaters(*(TP(clicks, source) for source in state.idle_sources))
+        except Exception:  # noqa: BLE001 - broker busy or unreachable: hold the watermark, ask again later
+            log.warning("trail: could not read the input's end offsets; idle sources hold the watermark",
+                        exc_info=True)
+            ends = {}
+        state.confirm_idle({tp.partition: end for tp, end in ends.items()})
 
     def snapshot_due(self, state: PartitionState, idle: bool) -> list[ScoringJob]:
         """Scoring jobs for the due boundaries (at most a bounded number per call; the rest stay due),
@@ -437,7 +457,7 @@ class Pipeline:
                     continue
                 quiet_s = time.monotonic() - self.last_input_at.get(partition, time.monotonic())
                 idle = 0 < self.config.idle_flush_s <= quiet_s
-                due = self.snapshot_due(state, idle=idle)
+                due = await self.due_jobs(state, idle=idle)
             for job in due:
                 await self.score_queue.put(job)
 

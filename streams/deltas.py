@@ -144,9 +144,10 @@ def encode_deltas(source: int, watermark_ms: int, columns: DeltaColumns | None) 
     return messages
 
 
-def encode_idle(source: int, watermark_ms: int) -> bytes:
-    """A deltas message declaring `source` idle: its reader has read all of it and heard nothing new."""
-    return orjson.dumps({"src": source, "wm": watermark_ms, "idle": True})
+def encode_idle(source: int, watermark_ms: int, end_offset: int) -> bytes:
+    """A deltas message declaring `source` idle: its reader has read all of it, up to `end_offset` (the
+    partition's end offset then), and heard nothing new. Idle holds only while that end offset stands."""
+    return orjson.dumps({"src": source, "wm": watermark_ms, "idle": True, "end": end_offset})
 
 
 def _encode_part(source: int, watermark_ms: int, columns: DeltaColumns, start: int, stop: int) -> bytes:
@@ -158,9 +159,10 @@ def _encode_part(source: int, watermark_ms: int, columns: DeltaColumns, start: i
     return orjson.dumps(body)
 
 
-def decode_deltas(value: bytes | None, n_sources: int, max_ts_ms: int) -> tuple[int, int, DeltaColumns, bool]:
-    """(source, watermark ms, entries, idle) of a deltas message, checked entry by entry; InvalidInternalMessage
-    if anything is out of the range this code writes (a forged offset would make real input be skipped)."""
+def decode_deltas(value: bytes | None, n_sources: int, max_ts_ms: int) -> tuple[int, int, DeltaColumns, int | None]:
+    """(source, watermark ms, entries, idle end offset) of a deltas message, checked entry by entry; the last
+    is None unless the message declares its source idle. InvalidInternalMessage if anything is out of the
+    range this code writes (a forged offset would make real input be skipped)."""
     try:
         body = orjson.loads(value or b"")
     except orjson.JSONDecodeError as exc:
@@ -172,13 +174,15 @@ def decode_deltas(value: bytes | None, n_sources: int, max_ts_ms: int) -> tuple[
         raise InvalidInternalMessage(f"deltas source partition {source!r} is not in [0, {n_sources})")
     if type(watermark) is not int or not -1 <= watermark <= max_ts_ms:
         raise InvalidInternalMessage(f"deltas watermark {watermark!r} is not an event time up to {max_ts_ms}")
-    idle = body.get("idle", False)
+    idle, idle_end = body.get("idle", False), body.get("end")
     if type(idle) is not bool or (idle and "o" in body):
         raise InvalidInternalMessage("deltas idle flag must be a boolean, on a message without entries")
+    if idle and (type(idle_end) is not int or not 0 <= idle_end < MAX_OFFSET):
+        raise InvalidInternalMessage(f"an idle declaration needs the source's end offset, got {idle_end!r}")
     columns = DeltaColumns(body.get("o", []), body.get("i", []), body.get("s", []), body.get("c", []),
                            body.get("e", []))
     _check_columns(columns, max_ts_ms)
-    return source, watermark, columns, idle
+    return source, watermark, columns, idle_end if idle else None
 
 
 def _check_columns(columns: DeltaColumns, max_ts_ms: int) -> None:

@@ -18,9 +18,12 @@ Keys in the partition's RocksDB database (and its changelog):
 The watermark is the minimum over the *active* source partitions of their max event time, less the
 allowed lateness, so it does not depend on how fast or in which interleaving a replay arrives. A source is
 idle once the worker reading it declared so (it has read everything in that partition and heard nothing new
-for a while: `streams.app`, like Flink's `withIdleness` but never during a catch-up); an idle source stops
-holding the watermark back and rejoins with its next message; what it then sends behind the watermark is
-counted and reported as late. No Kafka I/O here.
+for a while: `streams.app`, like Flink's `withIdleness` but never during a catch-up). The declaration names
+the partition's end offset then, and holds only while that end offset stands: before the watermark moves
+because of an idle source, the caller asks the broker (`advance_relies_on_idle`, `confirm_idle`), so a
+source whose reader stalls (a rebalance, a restart) with new messages waiting holds the watermark back. An
+idle source rejoins with its next message; what a source sends behind the watermark is counted and reported
+as late. No Kafka I/O here.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ class StateUpdate:
     """What one deltas message changes: the keys to write, and the in-memory changes `accept` makes."""
 
     source: int
-    idle: bool = False             # the message declares its source idle
+    idle_end: int | None = None    # the message declares its source idle as long as its end offset is this
     writes: dict[bytes, bytes] = field(default_factory=dict)
     applied_events: int = 0
     skipped_entries: int = 0       # re-delivered input, already counted
@@ -97,7 +100,8 @@ class PartitionState:
         self.n_sources = n_sources
         self.applied: dict[int, int] = {}
         self.source_max_ts_ms: dict[int, int] = {}
-        self.idle_sources: set[int] = set()       # declared idle by their reader, until they send again
+        self.idle_sources: dict[int, int] = {}    # declared idle by their reader (-> end offset then), until
+                                                  # they send again or their end offset moves (`confirm_idle`)
         self.next_boundary: int | None = None     # next boundary to snapshot (in memory, runs ahead)
         self.committed_next: int | None = None    # next boundary not yet scored and committed
         self.max_data_slot: int | None = None     # newest slot holding a count (empty windows after it)
@@ -141,9 +145,11 @@ class PartitionState:
 
     # --- applying deltas -------------------------------------------------------------------------------
 
-    def apply_deltas(self, source: int, watermark_ms: int, columns: DeltaColumns, idle: bool = False) -> StateUpdate:
-        """What adding one deltas message to the rings writes; nothing changes until `accept`."""
-        update = StateUpdate(source, idle=idle)
+    def apply_deltas(self, source: int, watermark_ms: int, columns: DeltaColumns,
+                     idle_end: int | None = None) -> StateUpdate:
+        """What adding one deltas message to the rings writes; nothing changes until `accept`. `idle_end`: the
+        message declares its source idle, read up to that end offset."""
+        update = StateUpdate(source, idle_end=idle_end)
         if watermark_ms > self.source_max_ts_ms.get(source, -1):
             update.source_max_ts_ms = watermark_ms
             update.writes[WATERMARK_PREFIX + str(source).encode()] = str(watermark_ms).encode()
@@ -198,8 +204,8 @@ class PartitionState:
 
     def accept(self, update: StateUpdate) -> None:
         """The update is committed: move the in-memory bookkeeping to match the store."""
-        if update.idle:
-            self.idle_sources.add(update.source)
+        if update.idle_end is not None:
+            self.idle_sources[update.source] = update.idle_end
         elif update.source in self.idle_sources:
             # the stream wakes up: every idle source must declare again (its reader repeats that every
             # timeout), so the first source to resume cannot drag the watermark past the others' new data
@@ -268,12 +274,36 @@ class PartitionState:
         Never goes back: when every source has gone idle, the last watermark stands (catch-up of the
         boundaries it already allows goes on).
         """
-        sources = self.active_sources()
-        if sources:
-            slot = self.spec.watermark_slot(min(self.source_max_ts_ms[s] for s in sources))
-            if self.last_watermark_slot is None or slot > self.last_watermark_slot:
-                self.last_watermark_slot = slot
+        slot = self._current_watermark_slot()
+        if slot is not None and (self.last_watermark_slot is None or slot > self.last_watermark_slot):
+            self.last_watermark_slot = slot
         return self.last_watermark_slot
+
+    def _current_watermark_slot(self) -> int | None:
+        sources = self.active_sources()
+        if not sources:
+            return None
+        return self.spec.watermark_slot(min(self.source_max_ts_ms[s] for s in sources))
+
+    def advance_relies_on_idle(self) -> bool:
+        """Whether the watermark would now move past the last one only because some source is idle: the
+        caller must first `confirm_idle` with the sources' end offsets as they are now."""
+        if not self.idle_sources:
+            return False
+        slot = self._current_watermark_slot()
+        return slot is not None and (self.last_watermark_slot is None or slot > self.last_watermark_slot)
+
+    def confirm_idle(self, end_offsets: dict[int, int | None]) -> None:
+        """Keep idle only the sources whose end offset is still the one they were declared idle at.
+
+        A source with messages after its declaration is not idle, even while its reader has not read them
+        (stalled in a rebalance, restarting): otherwise the others would drag the watermark past its events.
+        A source whose end offset is unknown counts as not idle.
+        """
+        for source, declared_end in list(self.idle_sources.items()):
+            end = end_offsets.get(source)
+            if end is None or end > declared_end:
+                del self.idle_sources[source]
 
     def reach_slot(self, idle: bool = False) -> int | None:
         """Last boundary that may be scored. `idle`: the stream went quiet, close what the data reached."""

@@ -167,6 +167,8 @@ def test_arbitrary_json_as_a_deltas_message_is_applied_only_if_well_formed(body)
     {"src": 0, "wm": NOW_MS, "o": [5, 4], "i": ["a", "b"], "s": [1, 1], "c": [1, 1]},
     {"src": 0, "wm": NOW_MS, "o": [1], "i": ["a"], "s": [1], "c": [-3]},
     {"src": 0, "wm": 1.5},
+    {"src": 0, "wm": NOW_MS, "idle": True},                 # idle without the end offset it holds for
+    {"src": 0, "wm": NOW_MS, "idle": True, "end": 10**18},
 ])
 def test_forged_deltas_messages_are_refused(forged):
     with pytest.raises(InvalidInternalMessage):

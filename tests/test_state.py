@@ -17,9 +17,10 @@ def open_db(path) -> rocksdict.Rdict:
     return rocksdict.Rdict(str(path), options=rocksdict.Options(raw_mode=True))
 
 
-def apply(state: PartitionState, db, source: int, watermark: int, columns: DeltaColumns, idle: bool = False):
+def apply(state: PartitionState, db, source: int, watermark: int, columns: DeltaColumns,
+          idle_end: int | None = None):
     """What the worker does per deltas message: compute, store, then accept into memory."""
-    update = state.apply_deltas(source, watermark, columns, idle)
+    update = state.apply_deltas(source, watermark, columns, idle_end)
     for key, value in update.writes.items():
         db.put(key, value)
     state.accept(update)
@@ -149,14 +150,14 @@ def test_an_idle_source_stops_holding_the_watermark_and_rejoins_when_it_sends(tm
     state = PartitionState(0, db, SPEC, n_sources=2)
     apply(state, db, 0, 30 * 60_000, DeltaColumns([0], ["a"], [3], [1]))
     assert state.watermark_slot() is None                      # source 1 may still report
-    apply(state, db, 1, -1, DeltaColumns(), idle=True)         # its reader has read it all: idle
+    apply(state, db, 1, -1, DeltaColumns(), idle_end=0)       # its reader has read it all: idle
     assert state.watermark_slot() == 29
     apply(state, db, 1, 12 * 60_000, DeltaColumns())
     assert state.watermark_slot() == 29                        # rejoined behind: the watermark never goes back
     apply(state, db, 1, 40 * 60_000, DeltaColumns())
     apply(state, db, 0, 45 * 60_000, DeltaColumns())
     assert state.watermark_slot() == 39                        # both active: the minimum again
-    apply(state, db, 1, 40 * 60_000, DeltaColumns(), idle=True)
+    apply(state, db, 1, 40 * 60_000, DeltaColumns(), idle_end=5)
     apply(state, db, 0, 60 * 60_000, DeltaColumns())
     assert state.watermark_slot() == 59                        # source 1 idle again
     for boundary in state.due_boundaries(limit=100):
@@ -218,9 +219,41 @@ def test_a_source_waking_up_makes_every_idle_source_declare_again(tmp_path):
     for source in range(3):
         apply(state, db, source, 10 * 60_000, DeltaColumns([0], [f"i{source}"], [9], [1]))
     for source in range(3):
-        apply(state, db, source, 10 * 60_000, DeltaColumns(), idle=True)
+        apply(state, db, source, 10 * 60_000, DeltaColumns(), idle_end=1)
     apply(state, db, 0, 50 * 60_000, DeltaColumns([1], ["i0"], [49], [1]))   # source 0 resumes first
     assert state.watermark_slot() == 9          # held by 1 and 2 until they send or declare again
-    apply(state, db, 1, 10 * 60_000, DeltaColumns(), idle=True)
+    apply(state, db, 1, 10 * 60_000, DeltaColumns(), idle_end=1)
     apply(state, db, 2, 48 * 60_000, DeltaColumns([1], ["i2"], [47], [1]))
     assert state.watermark_slot() == 47
+
+
+def test_an_idle_source_whose_partition_has_new_messages_holds_the_watermark(tmp_path):
+    """Its reader declared it idle at end offset 7, then stalled (a rebalance) while messages arrived: the
+    others must not drag the watermark past the events it has not sent yet."""
+    db = open_db(tmp_path / "p0")
+    state = PartitionState(0, db, SPEC, n_sources=2)
+    apply(state, db, 0, 10 * 60_000, DeltaColumns([0], ["a"], [9], [1]))
+    apply(state, db, 1, 10 * 60_000, DeltaColumns([6], ["b"], [9], [1]))
+    assert state.watermark_slot() == 9
+    apply(state, db, 1, 10 * 60_000, DeltaColumns(), idle_end=7)
+    apply(state, db, 0, 30 * 60_000, DeltaColumns([1], ["a"], [29], [1]))
+    assert state.advance_relies_on_idle()
+    state.confirm_idle({1: 9})                   # two messages since the declaration
+    assert not state.advance_relies_on_idle() and state.watermark_slot() == 9
+    apply(state, db, 1, 30 * 60_000, DeltaColumns([7, 8], ["b", "b"], [20, 28], [1, 1]))
+    assert state.watermark_slot() == 29
+
+
+def test_an_idle_source_still_at_its_end_offset_lets_the_watermark_move(tmp_path):
+    db = open_db(tmp_path / "p0")
+    state = PartitionState(0, db, SPEC, n_sources=2)
+    apply(state, db, 0, 10 * 60_000, DeltaColumns([0], ["a"], [9], [1]))
+    apply(state, db, 1, 10 * 60_000, DeltaColumns(), idle_end=0)
+    apply(state, db, 0, 30 * 60_000, DeltaColumns([1], ["a"], [29], [1]))
+    assert state.advance_relies_on_idle()
+    state.confirm_idle({1: 0})
+    assert state.watermark_slot() == 29 and not state.advance_relies_on_idle()
+    apply(state, db, 1, 10 * 60_000, DeltaColumns(), idle_end=0)
+    apply(state, db, 0, 40 * 60_000, DeltaColumns([2], ["a"], [39], [1]))
+    state.confirm_idle({})                       # end offsets unknown (broker unreachable): not idle
+    assert state.watermark_slot() == 29
