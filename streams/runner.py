@@ -42,6 +42,7 @@ def run_worker(config: WorkerConfig) -> int:
     import uvloop
 
     from infra.admin import require_broker
+    from infra.internal_auth import load_internal_keys
     from infra.tansu_shim import install_end_offset_fix, should_apply_fix
     from streams.app import create_app
     from streams.scorer_runtime import ScorerRuntime
@@ -53,6 +54,10 @@ def run_worker(config: WorkerConfig) -> int:
         check_port_free(config.metrics_host, config.metrics_port)
     # the scorer first: a bundle other than the pinned one stops the worker before it touches Kafka
     runtime = ScorerRuntime(config.scorer, step_budget_s=config.step_budget_s, scorer_sha256=config.scorer_sha256)
+    # ... and the internal-message key: an unreadable or malformed one stops it too (exit 2)
+    internal_keys = load_internal_keys(config.app_id, config.data_dir, config.internal_key_file)
+    log.info("internal messages signed with key %s (%s, %d more accepted)", internal_keys.fingerprint(),
+             internal_keys.source, len(internal_keys.accepted))
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     require_broker(config.kafka)
     ensure_worker_topics(config)
@@ -60,7 +65,7 @@ def run_worker(config: WorkerConfig) -> int:
     if should_apply_fix(config.kafka.bootstrap, config.embedded_broker_fix, config.kafka.extra):
         install_end_offset_fix()
         log.info("embedded broker detected: end-offset fix installed")
-    app = create_app(config, runtime)
+    app = create_app(config, runtime, internal_keys)
     app.trail_pipeline.start_status_thread()
 
     @app.task
