@@ -161,3 +161,18 @@ def test_a_symlink_planted_at_the_default_key_path_is_not_followed(tmp_path):
 def test_an_app_id_that_is_not_a_file_name_is_refused(tmp_path):
     with pytest.raises(InternalKeyError, match="app id"):
         default_key_path(tmp_path, "../escape")
+
+
+def test_the_worker_exits_with_code_2_before_kafka_when_its_key_file_is_unusable(tmp_path, capsys, monkeypatch):
+    from streams.cli import main
+
+    monkeypatch.delenv(KEY_FILE_ENV, raising=False)
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    bad = tmp_path / "bad.key"
+    bad.write_text("not-hex-" + KEY.hex())
+    bad.chmod(0o600)
+    for key_file, message in ((tmp_path / "absent.key", "cannot open"), (bad, "not hex")):
+        code = main(["worker", "--internal-key-file", str(key_file), "--bootstrap", "127.0.0.1:9",
+                     "--data-dir", str(tmp_path / "data")])
+        err = capsys.readouterr().err
+        assert code == 2 and "trail worker: error:" in err and message in err and KEY.hex() not in err
