@@ -171,6 +171,17 @@ def dlq_codes(replay) -> list[str]:
     return sorted(r["reason_code"] for r in replay.records("dlq", idle_exit_s=3))
 
 
+def run_after_forgeries(replay, worker, events: list[dict], counter: str, rejected: int) -> tuple[dict, list[dict]]:
+    """Produce the real log after the forged messages; (status, trend records) once the last step is out, every
+    event was counted exactly once, no trend names the forged item, and `counter` reached `rejected`."""
+    replay.produce(events)
+    records = wait_for_step(replay, last_step_end(events))
+    status = worker.wait_for(lambda s: s.get(counter, 0) >= rejected, 30, f"{rejected} forged messages rejected")
+    assert status["counted"] == len(events) and status["dlq_internal"] == rejected
+    assert all(r["item_id"] != "evil" for r in records)
+    return status, records
+
+
 def test_forged_well_formed_internal_messages_are_rejected_for_their_signature_and_change_nothing(
         make_replay, unique_topic, tmp_path):
     events = make_events(800, n_items=6, days=10, seed=24)
@@ -184,11 +195,8 @@ def test_forged_well_formed_internal_messages_are_rejected_for_their_signature_a
     forged_idle = orjson.dumps({"src": 1, "wm": events[-1]["ts"], "idle": True})
     produce_to(replay, f"{app}-deltas", [(p, None, forged_deltas) for p in range(4)] + [(0, None, forged_idle)])
     produce_to(replay, f"{app}-candidates", [(0, None, forged_candidates(first_slot + 3))])
-    replay.produce(events)
-    records = wait_for_step(replay, last_step_end(events))
-    status = worker.wait_for(lambda s: s.get("dlq_bad_signature", 0) >= 6, 30, "forged messages rejected")
-    assert status["counted"] == len(events) and status["dlq_internal"] == 6 and status["dlq_bad_signature"] == 6
-    assert all(r["item_id"] != "evil" for r in records)
+    status, records = run_after_forgeries(replay, worker, events, "dlq_bad_signature", 6)
+    assert status["dlq_bad_signature"] == 6
     assert_counts_match_recount(by_step(records), events)
     assert dlq_codes(replay) == ["bad_signature"] * 6
 
@@ -204,11 +212,8 @@ def test_a_signed_message_out_of_range_is_still_rejected_by_its_schema(make_repl
                                 "s": [events[0]["ts"] // DAY_MS], "c": [1]})
     produce_signed(replay, keys, f"{app}-deltas", [(p, huge_offset) for p in range(4)])
     produce_signed(replay, keys, f"{app}-candidates", [(0, b"[]")])
-    replay.produce(events)
-    records = wait_for_step(replay, last_step_end(events))
-    status = worker.wait_for(lambda s: s.get("dlq_internal", 0) >= 5, 30, "out-of-range messages rejected")
-    assert status["counted"] == len(events) and status["dlq_bad_signature"] == 0
-    assert all(r["item_id"] != "evil" for r in records)
+    status, _ = run_after_forgeries(replay, worker, events, "dlq_internal", 5)
+    assert status["dlq_bad_signature"] == 0
     reasons = [r["reason"] for r in replay.records("dlq", idle_exit_s=3)]
     assert sum("offsets" in r for r in reasons) == 4 and len(reasons) == 5
     assert dlq_codes(replay) == ["bad_internal"] * 5
