@@ -54,12 +54,13 @@ def run_worker(config: WorkerConfig) -> int:
         check_port_free(config.metrics_host, config.metrics_port)
     # the scorer first: a bundle other than the pinned one stops the worker before it touches Kafka
     runtime = ScorerRuntime(config.scorer, step_budget_s=config.step_budget_s, scorer_sha256=config.scorer_sha256)
-    # ... and the internal-message key: an unreadable or malformed one stops it too (exit 2)
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    require_broker(config.kafka)
+    # the internal-message key once a broker answers (no key file is created for a worker that cannot run);
+    # an unreadable or malformed one stops the worker (exit 2) before it creates topics or joins the group
     internal_keys = load_internal_keys(config.app_id, config.data_dir, config.internal_key_file)
     log.info("internal messages signed with key %s (%s, %d more accepted)", internal_keys.fingerprint(),
              internal_keys.source, len(internal_keys.accepted))
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    require_broker(config.kafka)
     ensure_worker_topics(config)
     config = check_state_origin(config)
     if should_apply_fix(config.kafka.bootstrap, config.embedded_broker_fix, config.kafka.extra):

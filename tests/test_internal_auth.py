@@ -163,7 +163,9 @@ def test_an_app_id_that_is_not_a_file_name_is_refused(tmp_path):
         default_key_path(tmp_path, "../escape")
 
 
-def test_the_worker_exits_with_code_2_before_kafka_when_its_key_file_is_unusable(tmp_path, capsys, monkeypatch):
+@pytest.mark.broker
+def test_the_worker_exits_with_code_2_before_joining_when_its_key_file_is_unusable(broker, tmp_path, capsys,
+                                                                                   monkeypatch):
     from streams.cli import main
 
     monkeypatch.delenv(KEY_FILE_ENV, raising=False)
@@ -172,7 +174,7 @@ def test_the_worker_exits_with_code_2_before_kafka_when_its_key_file_is_unusable
     bad.write_text("not-hex-" + KEY.hex())
     bad.chmod(0o600)
     for key_file, message in ((tmp_path / "absent.key", "cannot open"), (bad, "not hex")):
-        code = main(["worker", "--internal-key-file", str(key_file), "--bootstrap", "127.0.0.1:9",
+        code = main(["worker", "--internal-key-file", str(key_file), "--bootstrap", broker,
                      "--data-dir", str(tmp_path / "data")])
         err = capsys.readouterr().err
         assert code == 2 and "trail worker: error:" in err and message in err and KEY.hex() not in err
