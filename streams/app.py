@@ -12,6 +12,10 @@ buffer per key, ~100x slower): `streams.table_store` sends each write as one cha
 the acks, then applies it locally in one WriteBatch with the persisted offset; recovery applies whole
 groups only. In-memory state moves only after a commit succeeded.
 
+Internal messages (deltas, candidates) carry an HMAC-SHA256 tag in a header (`infra.internal_auth`): the
+agents that read them check it before anything is parsed; an untagged or mis-tagged message goes to the DLQ
+(`bad_signature`), never applied.
+
 Fail-stop: an exception that escapes an agent, task or timer stops the worker with exit code 70 before
 faust can acknowledge the batch it came from (faust's default would log it, acknowledge the batch and
 restart the agent: input lost, worker looking healthy). A supervisor restarts the worker, which resumes
@@ -26,7 +30,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import faust
@@ -34,6 +38,7 @@ import orjson
 from faust.types import TP
 
 from infra.files import write_atomic_private
+from infra.internal_auth import InternalKeys
 from models.features import FeatureBatch
 from streams import metrics
 from streams.catalogue import catalogue_text, validate_catalogue_record
@@ -54,6 +59,7 @@ from streams.state import PartitionState, StateUpdate
 from streams.table_store import TableWriter, committed_next_offset, partition_db, register_store
 
 log = logging.getLogger("trail.worker")
+Headers = Iterable[tuple[str, bytes]] | None   # a Kafka message's headers, as aiokafka gives them
 
 
 @dataclass
@@ -64,6 +70,7 @@ class Counters:
     dlq: int = 0
     dlq_by_reason: dict[str, int] = field(default_factory=dict)  # of dlq, by the records' reason_code
     dlq_internal: int = 0            # internal-topic messages rejected (forged or corrupt), never applied
+    dlq_bad_signature: int = 0       # of those, without a valid HMAC tag (infra.internal_auth)
     duplicates: int = 0
     late: int = 0
     redelivered_skipped: int = 0
@@ -79,7 +86,7 @@ class Counters:
         return {k: v for k, v in self.__dict__.items()}
 
 
-def create_app(config: WorkerConfig, runtime: ScorerRuntime) -> faust.App:
+def create_app(config: WorkerConfig, runtime: ScorerRuntime, internal_keys: InternalKeys) -> faust.App:
     app = faust.App(
         config.app_id,
         broker=config.kafka.faust_broker_url(),
@@ -98,7 +105,7 @@ def create_app(config: WorkerConfig, runtime: ScorerRuntime) -> faust.App:
         table_cleanup_interval=3600,
     )
     app.conf.broker_commit_every = 10_000
-    pipeline = Pipeline(app, config, runtime)
+    pipeline = Pipeline(app, config, runtime, internal_keys)
     app.trail_pipeline = pipeline  # reachable from tests and the status file
 
     stop = pipeline.fail_stop
@@ -111,7 +118,8 @@ def create_app(config: WorkerConfig, runtime: ScorerRuntime) -> faust.App:
     @app.agent(pipeline.deltas_topic)
     async def apply_deltas(stream):
         async for event in stream.events():
-            await stop(pipeline.apply, event.message.partition, event.message.offset, event.message.value)
+            message = event.message
+            await stop(pipeline.apply, message.partition, message.offset, message.value, message.key, message.headers)
 
     @app.agent(pipeline.items_topic)
     async def store_items(stream):
@@ -122,7 +130,8 @@ def create_app(config: WorkerConfig, runtime: ScorerRuntime) -> faust.App:
     @app.agent(pipeline.candidates_topic)
     async def merge_partitions(stream):
         async for event in stream.events():
-            await stop(pipeline.merge, event.message.offset, event.message.value)
+            await stop(pipeline.merge, event.message.offset, event.message.value, event.message.key,
+                       event.message.headers)
 
     @app.task
     async def score_partitions():
@@ -161,10 +170,12 @@ class ScoringJob:
 class Pipeline:
     """The worker's state and the agents' bodies; holds no logic a pure module could hold."""
 
-    def __init__(self, app: faust.App, config: WorkerConfig, runtime: ScorerRuntime) -> None:
+    def __init__(self, app: faust.App, config: WorkerConfig, runtime: ScorerRuntime,
+                 internal_keys: InternalKeys) -> None:
         self.app = app
         self.config = config
         self.runtime = runtime
+        self.internal_keys = internal_keys   # HMAC tags of the deltas and candidates messages
         topics = config.topics
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
         self.clicks_topic = app.topic(topics.clicks, partitions=config.partitions, **raw)
@@ -250,7 +261,8 @@ class Pipeline:
         for source, watermark in batch.watermarks.items():
             for target in range(self.config.partitions):
                 for value in encode_deltas(source, watermark, batch.deltas.get((source, target))):
-                    sends.append(await producer.send(self.config.deltas_topic, None, value, target, None, None))
+                    headers = self.internal_keys.headers(self.config.deltas_topic, target, None, value)
+                    sends.append(await producer.send(self.config.deltas_topic, None, value, target, None, headers))
         await asyncio.gather(*sends)
         for source, offset, _ in messages:
             if offset >= self.source_read_upto.get(source, 0):
@@ -300,14 +312,30 @@ class Pipeline:
             watermark = self.router.max_ts_ms.get(source, -1)
             declaration = encode_idle(source, watermark, ends[tp])
             for target in range(self.config.partitions):
-                await self.writer.send(self.config.deltas_topic, None, declaration, target)
+                await self.send_internal(self.config.deltas_topic, declaration, target)
             self.idle_declared[source] = now
 
+    async def send_internal(self, topic: str, value: bytes, partition: int) -> None:
+        """Send one internal message with its HMAC tag and wait for the broker's ack."""
+        headers = self.internal_keys.headers(topic, partition, None, value)
+        await (await self.app.producer.send(topic, None, value, partition, None, headers))
+
+    async def authentic(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+                        headers: Headers) -> bool:
+        """True if an internal message carries a valid tag for this topic and partition; else it goes to the
+        DLQ (`bad_signature`) before anything in it is parsed."""
+        reason = self.internal_keys.check(topic, partition, key, value, headers)
+        if reason is None:
+            return True
+        await self.reject_internal(topic, partition, offset, value, reason, code="bad_signature")
+        self.counters.dlq_bad_signature += 1
+        return False
+
     async def reject_internal(self, topic: str, partition: int, offset: int, value: bytes | None,
-                              reason: str) -> None:
+                              reason: str, code: str = "bad_internal") -> None:
         """An internal or catalogue message this code did not write goes to the DLQ, never applied."""
         log.warning("trail: rejected %s[%d]@%d: %s", topic, partition, offset, reason)
-        record = dlq_record(Rejection(value or b"", reason, None, "bad_internal"), topic, partition, offset)
+        record = dlq_record(Rejection(value or b"", reason, None, code), topic, partition, offset)
         await self.writer.send(self.config.topics.dlq, None, record)
         self.counters.dlq_internal += 1
 
@@ -322,7 +350,10 @@ class Pipeline:
             self.locks.setdefault(partition, asyncio.Lock())
         return state
 
-    async def apply(self, partition: int, offset: int, value: bytes | None) -> None:
+    async def apply(self, partition: int, offset: int, value: bytes | None, key: bytes | None,
+                    headers: Headers) -> None:
+        if not await self.authentic(self.config.deltas_topic, partition, offset, key, value, headers):
+            return
         try:
             source, watermark, columns, idle_end = decode_deltas(value, self.config.partitions,
                                                              latest_acceptable_ts_ms(self.config.max_future_s))
@@ -413,7 +444,7 @@ class Pipeline:
                     forecast, scorer = await self.runtime.forecast(job.batch)
                 candidates = partition_candidates(job.batch, forecast, self.config.top_k, scorer.name)
             message = CandidatesMessage(job.boundary, job.state.partition, candidates)
-            await self.writer.send(self.config.candidates_topic, None, message.encode(), 0)
+            await self.send_internal(self.config.candidates_topic, message.encode(), 0)
             if job.commit:
                 await self._commit_scored(job)
 
@@ -478,7 +509,9 @@ class Pipeline:
 
     # --- merge step ------------------------------------------------------------------------------------
 
-    async def merge(self, offset: int, value: bytes | None) -> None:
+    async def merge(self, offset: int, value: bytes | None, key: bytes | None, headers: Headers) -> None:
+        if not await self.authentic(self.config.candidates_topic, 0, offset, key, value, headers):
+            return
         try:
             message = CandidatesMessage.decode(value, self.config.partitions, self.config.top_k,
                                                self.config.spec.n_buckets)

@@ -32,6 +32,7 @@ class WorkerConfig:
     top_k: int = 10
     max_candidates: int = 10_000             # items per partition a step considers (heavy hitters)
     data_dir: Path = Path("artifacts/worker")
+    internal_key_file: Path | None = None    # internal-message keys (infra.internal_auth); None: env, else default
     batch_max_messages: int = 5000
     batch_within_s: float = 0.25
     dedup_capacity: int = 1_000_000          # recent event ids remembered per worker (bounded memory)

@@ -42,6 +42,8 @@ COUNTERS = (
     ("trail_late_events", "late", "Events counted after their slot was already scored"),
     ("trail_redelivered_skipped", "redelivered_skipped", "Re-delivered input entries skipped (already applied)"),
     ("trail_dlq_internal_records", "dlq_internal", "Internal or catalogue messages rejected to the DLQ"),
+    ("trail_dlq_bad_signature_records", "dlq_bad_signature",
+     "Internal messages without a valid HMAC tag (of trail_dlq_internal_records)"),
     ("trail_catalogue_items", "catalogue_items", "Catalogue records stored from the items topic"),
     ("trail_steps", "steps_scored", "Global steps emitted by the merge step"),
     ("trail_trend_records", "trends_emitted", "Trend records published on the trending topic"),

@@ -42,6 +42,7 @@ def run_worker(config: WorkerConfig) -> int:
     import uvloop
 
     from infra.admin import require_broker
+    from infra.internal_auth import load_internal_keys
     from infra.tansu_shim import install_end_offset_fix, should_apply_fix
     from streams.app import create_app
     from streams.scorer_runtime import ScorerRuntime
@@ -55,12 +56,17 @@ def run_worker(config: WorkerConfig) -> int:
     runtime = ScorerRuntime(config.scorer, step_budget_s=config.step_budget_s, scorer_sha256=config.scorer_sha256)
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     require_broker(config.kafka)
+    # the internal-message key once a broker answers (no key file is created for a worker that cannot run);
+    # an unreadable or malformed one stops the worker (exit 2) before it creates topics or joins the group
+    internal_keys = load_internal_keys(config.app_id, config.data_dir, config.internal_key_file)
+    log.info("internal messages signed with key %s (%s, %d more accepted)", internal_keys.fingerprint(),
+             internal_keys.source, len(internal_keys.accepted))
     ensure_worker_topics(config)
     config = check_state_origin(config)
     if should_apply_fix(config.kafka.bootstrap, config.embedded_broker_fix, config.kafka.extra):
         install_end_offset_fix()
         log.info("embedded broker detected: end-offset fix installed")
-    app = create_app(config, runtime)
+    app = create_app(config, runtime, internal_keys)
     app.trail_pipeline.start_status_thread()
 
     @app.task

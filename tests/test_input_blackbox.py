@@ -8,22 +8,46 @@ import time
 
 import orjson
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
-from tests.streamkit import BASE_TS_MS, DAY_MS, make_events
-from tests.test_stream_e2e import last_step_end, wait_for_step
+from infra.internal_auth import InternalKeys, load_internal_keys
+from tests.streamkit import BASE_TS_MS, DAY_MS, by_step, make_events
+from tests.test_stream_e2e import assert_counts_match_recount, last_step_end, wait_for_step
 
 pytestmark = pytest.mark.broker
 HOUR_MS = 3_600_000
 
 
-def produce_to(replay, topic: str, values: list[tuple[int | None, bytes | None, bytes | None]]) -> None:
+def produce_to(replay, topic: str, values: list[tuple[int | None, bytes | None, bytes | None]],
+               headers: list[tuple[str, bytes]] | None = None) -> None:
     """(partition, key, value) records, each on the partition given (None: the client's choice)."""
     producer = Producer({"bootstrap.servers": replay.bootstrap, "message.max.bytes": 8_000_000})
     for partition, key, value in values:
         kwargs = {} if partition is None else {"partition": partition}
-        producer.produce(topic, value, key=key, **kwargs)
+        producer.produce(topic, value, key=key, headers=headers, **kwargs)
     assert producer.flush(30) == 0
+
+
+def produce_signed(replay, keys: InternalKeys, topic: str, values: list[tuple[int, bytes]]) -> None:
+    """(partition, value) records tagged with the app's key, as a worker tags them."""
+    for partition, value in values:
+        produce_to(replay, topic, [(partition, None, value)], headers=keys.headers(topic, partition, None, value))
+
+
+def first_entries_message(replay, topic: str, timeout_s: float = 30) -> tuple[int, bytes, list]:
+    """(partition, value, headers) of the first message with count entries on an internal deltas topic."""
+    consumer = Consumer({"bootstrap.servers": replay.bootstrap, "group.id": f"{topic}-reader",
+                         "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(replay.partitions)])
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            message = consumer.poll(1.0)
+            if message is not None and not message.error() and b'"o":' in message.value():
+                return message.partition(), message.value(), message.headers()
+    finally:
+        consumer.close()
+    raise TimeoutError(f"no deltas message with entries on {topic}")
 
 
 def conserved(status: dict, events_in: int) -> bool:
@@ -136,23 +160,82 @@ def test_control_character_ids_and_bad_catalogue_records_go_to_the_dlq(make_repl
     assert status["catalogue_items"] == 1
 
 
-def test_forged_internal_messages_are_rejected_and_change_nothing(make_replay, unique_topic, tmp_path):
+def forged_candidates(boundary: int, item_id: str = "evil") -> bytes:
+    """A candidates message a worker could have written: schema-valid, plausible counts and forecast."""
+    return orjson.dumps({"b": boundary, "p": 0, "candidates": [
+        {"item_id": item_id, "counts": [3, 4, 6, 9], "last_event_slot": boundary - 1, "forecast": 12.0,
+         "text": "", "model": "velocity-baseline"}]})
+
+
+def dlq_codes(replay) -> list[str]:
+    return sorted(r["reason_code"] for r in replay.records("dlq", idle_exit_s=3))
+
+
+def run_after_forgeries(replay, worker, events: list[dict], counter: str, rejected: int) -> tuple[dict, list[dict]]:
+    """Produce the real log after the forged messages; (status, trend records) once the last step is out, every
+    event was counted exactly once, no trend names the forged item, and `counter` reached `rejected`."""
+    replay.produce(events)
+    records = wait_for_step(replay, last_step_end(events))
+    status = worker.wait_for(lambda s: s.get(counter, 0) >= rejected, 30, f"{rejected} forged messages rejected")
+    assert status["counted"] == len(events) and status["dlq_internal"] == rejected
+    assert all(r["item_id"] != "evil" for r in records)
+    return status, records
+
+
+def test_forged_well_formed_internal_messages_are_rejected_for_their_signature_and_change_nothing(
+        make_replay, unique_topic, tmp_path):
     events = make_events(800, n_items=6, days=10, seed=24)
     replay = make_replay(unique_topic("forged"), tmp_path, top_k=6)
     worker = replay.start_worker()
     replay.wait_assigned()
-    app = replay.name
-    forged_deltas = orjson.dumps({"src": 0, "wm": events[0]["ts"], "o": [10**18], "i": ["evil"],
-                                  "s": [events[0]["ts"] // DAY_MS], "c": [1]})
-    forged_candidates = orjson.dumps({"b": events[-1]["ts"] // DAY_MS, "p": 0, "candidates": [
-        {"item_id": "evil", "counts": [1, 1, 1, 999], "last_event_slot": 0, "forecast": 1e9, "text": "",
-         "model": "velocity-baseline", "explanation": "buy now"}]})
-    produce_to(replay, f"{app}-deltas", [(p, None, forged_deltas) for p in range(4)])
-    produce_to(replay, f"{app}-candidates", [(0, None, forged_candidates), (0, None, b"[]")])
-    replay.produce(events)
-    records = wait_for_step(replay, last_step_end(events))
-    status = worker.wait_for(lambda s: s.get("dlq_internal", 0) >= 6, 30, "forged messages rejected")
-    assert status["counted"] == len(events)
-    assert all(r["item_id"] != "evil" for r in records)
+    app, first_slot = replay.name, events[0]["ts"] // DAY_MS
+    # plausible: a real item, a real first offset, a watermark inside the log; all pass decode_deltas
+    forged_deltas = orjson.dumps({"src": 0, "wm": events[0]["ts"], "o": [0], "i": ["item-0"], "s": [first_slot],
+                                  "c": [500]})
+    forged_idle = orjson.dumps({"src": 1, "wm": events[-1]["ts"], "idle": True})
+    produce_to(replay, f"{app}-deltas", [(p, None, forged_deltas) for p in range(4)] + [(0, None, forged_idle)])
+    produce_to(replay, f"{app}-candidates", [(0, None, forged_candidates(first_slot + 3))])
+    status, records = run_after_forgeries(replay, worker, events, "dlq_bad_signature", 6)
+    assert status["dlq_bad_signature"] == 6
+    assert_counts_match_recount(by_step(records), events)
+    assert dlq_codes(replay) == ["bad_signature"] * 6
+
+
+def test_a_signed_message_out_of_range_is_still_rejected_by_its_schema(make_replay, unique_topic, tmp_path):
+    """Defence in depth: a key holder with a bug (or a stolen key) still cannot skip input with a huge offset."""
+    events = make_events(800, n_items=6, days=10, seed=24)
+    replay = make_replay(unique_topic("signedbad"), tmp_path, top_k=6)
+    worker = replay.start_worker()
+    replay.wait_assigned()
+    app, keys = replay.name, load_internal_keys(replay.name, replay.data_dir, environ={})
+    huge_offset = orjson.dumps({"src": 0, "wm": events[0]["ts"], "o": [10**18], "i": ["evil"],
+                                "s": [events[0]["ts"] // DAY_MS], "c": [1]})
+    produce_signed(replay, keys, f"{app}-deltas", [(p, huge_offset) for p in range(4)])
+    produce_signed(replay, keys, f"{app}-candidates", [(0, b"[]")])
+    status, _ = run_after_forgeries(replay, worker, events, "dlq_internal", 5)
+    assert status["dlq_bad_signature"] == 0
     reasons = [r["reason"] for r in replay.records("dlq", idle_exit_s=3)]
-    assert sum("offsets" in r for r in reasons) == 4 and len(reasons) == 6
+    assert sum("offsets" in r for r in reasons) == 4 and len(reasons) == 5
+    assert dlq_codes(replay) == ["bad_internal"] * 5
+
+
+def test_a_signed_message_replayed_onto_another_topic_or_partition_is_rejected(make_replay, unique_topic, tmp_path):
+    events = make_events(400, n_items=6, days=5, seed=25)
+    replay = make_replay(unique_topic("replayed"), tmp_path, top_k=6)
+    worker = replay.start_worker()
+    replay.wait_assigned()
+    replay.produce(events)
+    wait_for_step(replay, last_step_end(events))
+    app, keys = replay.name, load_internal_keys(replay.name, replay.data_dir, environ={})
+    partition, value, headers = first_entries_message(replay, f"{app}-deltas")
+    assert keys.check(f"{app}-deltas", partition, None, value, headers) is None   # a genuine, signed message
+    produce_to(replay, f"{app}-deltas", [((partition + 1) % 4, None, value)], headers=headers)
+    produce_to(replay, f"{app}-candidates", [(0, None, value)], headers=headers)
+    # a well-formed candidates message signed for the deltas topic, sent to the candidates topic
+    candidates = forged_candidates(events[-1]["ts"] // DAY_MS + 1)
+    produce_to(replay, f"{app}-candidates", [(0, None, candidates)],
+               headers=keys.headers(f"{app}-deltas", 0, None, candidates))
+    status = worker.wait_for(lambda s: s.get("dlq_bad_signature", 0) >= 3, 30, "replayed messages rejected")
+    assert status["counted"] == len(events) and status["dlq_internal"] == 3
+    assert dlq_codes(replay) == ["bad_signature"] * 3
+    assert all(r["item_id"] != "evil" for r in replay.records())

@@ -40,6 +40,7 @@ STATUS_TO_METRIC = {
     "late": "trail_late_events_total",
     "redelivered_skipped": "trail_redelivered_skipped_total",
     "dlq_internal": "trail_dlq_internal_records_total",
+    "dlq_bad_signature": "trail_dlq_bad_signature_records_total",
     "catalogue_items": "trail_catalogue_items_total",
     "steps_scored": "trail_steps_total",
     "trends_emitted": "trail_trend_records_total",

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from export.bundle import PIN_ENV
+from infra.internal_auth import KEY_ENV, KEY_FILE_ENV
 from models.windows import WindowSpec
 from streams.cli.common import (
     add_kafka_args,
@@ -56,6 +57,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--data-dir", type=Path, default=WorkerConfig.data_dir,
                         help="RocksDB state lives in DATA_DIR/WORKER_ID")
     parser.add_argument("--worker-id", default=WorkerConfig.worker_id, help="distinct per worker on one machine")
+    parser.add_argument("--internal-key-file", type=Path, default=os.environ.get(KEY_FILE_ENV) or None, metavar="PATH",
+                        help="hex HMAC key(s) that sign and verify the internal topics' messages, shared by every "
+                        "worker of the app: first line signs, further lines are also accepted (rotation). "
+                        f"Default: ${KEY_FILE_ENV}, else ${KEY_ENV} (hex), else DATA_DIR/keys/APP_ID.key, "
+                        "created on first use")
     parser.add_argument("--app-id", default=WorkerConfig.app_id, help="consumer group / internal topic prefix")
     parser.add_argument("--batch-max-messages", type=int, default=WorkerConfig.batch_max_messages)
     parser.add_argument("--idle-flush-s", type=float, default=WorkerConfig.idle_flush_s,
@@ -97,7 +103,8 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         kafka=settings_from_args(args), topics=topics_from_args(args), app_id=args.app_id,
         partitions=args.partitions, spec=window_spec_from_args(args), top_k=args.top_k,
         max_candidates=args.max_candidates,
-        data_dir=args.data_dir, batch_max_messages=args.batch_max_messages, idle_flush_s=args.idle_flush_s,
+        data_dir=args.data_dir, internal_key_file=args.internal_key_file,
+        batch_max_messages=args.batch_max_messages, idle_flush_s=args.idle_flush_s,
         max_future_s=args.max_future_s, min_ts_ms=args.min_event_time,
         recovery_give_up_s=args.recovery_give_up_s, source_idle_timeout_s=args.source_idle_timeout_s,
         scorer=args.scorer, scorer_sha256=args.scorer_sha256, step_budget_s=args.step_budget_s,
