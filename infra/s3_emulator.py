@@ -4,6 +4,12 @@ Owns: finding the s3rver install (``make install`` puts it in ``.venv/s3rver``),
 loopback port with its data in a directory (kept on disk across restarts), creating the bucket,
 waiting until the bucket answers, the AWS_* environment tansu needs to reach it, and stopping it.
 s3rver is chosen over moto[server] because moto keeps objects only in memory (see STACK-NOTES).
+
+s3rver ignores S3's conditional writes (``If-Match``, ``If-None-Match``), which tansu relies on to give
+each record batch its own offset: producers writing one partition at once (several workers sending
+deltas or candidates) overwrote each other's acknowledged batches (4 producers x 200 records acked, 244
+stored). It therefore runs under ``s3rver_conditional.js``, which checks those conditions and serialises
+writes per object (same test: 800 of 800 stored; moto[server], which implements them, also stores 800).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from infra.errors import TrailError
 
 S3RVER_VERSION = "3.7.1"
 S3RVER_ENV = "TRAIL_S3RVER"                  # explicit path to the s3rver script, overrides the venv one
+CONDITIONAL_LAUNCHER = Path(__file__).with_name("s3rver_conditional.js")
 S3RVER_INSTALL_HINT = f"npm install --prefix .venv/s3rver s3rver@{S3RVER_VERSION}  (part of `make install`)"
 DEFAULT_BUCKET = "tansu"
 ACCESS_KEY = "S3RVER"                        # s3rver's built-in credentials (hard-coded in s3rver 3.7.1)
@@ -91,8 +98,9 @@ class S3Emulator:
         if procs.port_in_use(self.host, self.port):
             raise S3EmulatorError(f"port {self.host}:{self.port} for the S3 emulator is already in use")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        argv = [str(executable), "--directory", str(self.data_dir), "--address", self.host,
-                "--port", str(self.port), "--configure-bucket", self.bucket]
+        module_dir = executable.resolve().parent.parent   # node_modules/s3rver (the script is bin/s3rver.js)
+        argv = ["node", str(CONDITIONAL_LAUNCHER), str(module_dir), "--directory", str(self.data_dir),
+                "--address", self.host, "--port", str(self.port), "--configure-bucket", self.bucket]
         self.process = procs.spawn(argv, self.log_path, die_with_parent=not self.outlive_parent)
         self._wait_ready()
         return self
