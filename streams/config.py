@@ -45,6 +45,7 @@ class WorkerConfig:
     scorer: str = "velocity"                 # "velocity" or a TRAIL bundle NAME|DIR
     scorer_sha256: str | None = None         # the approved bundle's manifest sha256; any other is refused
     step_budget_s: float = 5.0               # a model step slower than this falls back to the baseline
+    reload_check_s: float = 5.0              # how often (at a step) the bundle's manifest is checked for a change
     embedded_broker_fix: str = "auto"        # auto|on|off: the tansu end-offset shim
     worker_id: str = "w1"
     input_incarnation: str = ""              # the clicks topic's id: applied input offsets are kept per incarnation

@@ -29,11 +29,11 @@ def first_weeks(log, weeks: int) -> list[dict]:
     return [e for e in log.iter_events() if e["ts"] < cutoff]
 
 
-def start_ml100k_worker(replay: Replay, log, scorer: str) -> None:
+def start_ml100k_worker(replay: Replay, log, scorer: str, *extra: str) -> None:
     from infra.kafka_config import KafkaSettings
     from streams.producer import produce_items
 
-    replay.extra_args = [*ML100K_WINDOWS, "--scorer", scorer, "--min-event-time", "1990-01-01"]
+    replay.extra_args = [*ML100K_WINDOWS, "--scorer", scorer, "--min-event-time", "1990-01-01", *extra]
     worker = replay.start_worker()
     replay.wait_assigned()
     produce_items(KafkaSettings(bootstrap=replay.bootstrap), replay.topics["items"], log.items)
@@ -104,7 +104,7 @@ def test_corrupt_bundle_falls_back_to_the_baseline_then_is_swapped_in_without_a_
     events = first_weeks(ml100k, 10)
     half = len(events) // 2
     replay = make_replay(unique_topic("fallback"), tmp_path / "run", top_k=5)
-    start_ml100k_worker(replay, ml100k, str(bundle))
+    start_ml100k_worker(replay, ml100k, str(bundle), "--reload-check-s", "0")   # look at every step
     worker = replay.workers[0]
     startup_log = worker.log_tail(200_000)
     assert "is unusable" in startup_log and "forecast.onnx" in startup_log
@@ -114,8 +114,7 @@ def test_corrupt_bundle_falls_back_to_the_baseline_then_is_swapped_in_without_a_
     assert before_swap and {r["model"]["name"] for r in before_swap} == {"velocity-baseline"}
 
     shutil.copytree(tiny_trail_bundle, bundle, dirs_exist_ok=True)  # the fixed bundle lands on disk
-    (bundle / "manifest.json").touch()
-    time.sleep(6)  # the runtime looks for a changed manifest every 5 s, at the next step
+    (bundle / "manifest.json").touch()   # copytree kept the old mtime: this is the change the runtime sees
     replay.produce(events[half:])
     worker.wait_for(lambda s: s.get("counted", 0) >= len(events), 120, "all events counted")
     last_end = max(e["ts"] for e in events) // DAY_MS * DAY_MS

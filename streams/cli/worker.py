@@ -52,6 +52,9 @@ def add_parser(subparsers) -> None:
                         help="pin the approved bundle: the sha256 of its manifest.json bytes, which `trail export` "
                         "prints (the manifest lists every file's sha256). Any other bundle is refused: the worker "
                         f"exits at start, and a hot reload keeps the current scorer (default: ${PIN_ENV})")
+    parser.add_argument("--reload-check-s", type=float, default=WorkerConfig.reload_check_s,
+                        help="at a step, look for a changed bundle manifest if this long has passed since the last "
+                        "look (0: at every step); a changed bundle is verified and swapped in without a restart")
     parser.add_argument("--step-budget-s", type=float, default=WorkerConfig.step_budget_s,
                         help="a model step slower than this is scored by the baseline instead")
     parser.add_argument("--data-dir", type=Path, default=WorkerConfig.data_dir,
@@ -108,6 +111,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         max_future_s=args.max_future_s, min_ts_ms=args.min_event_time,
         recovery_give_up_s=args.recovery_give_up_s, source_idle_timeout_s=args.source_idle_timeout_s,
         scorer=args.scorer, scorer_sha256=args.scorer_sha256, step_budget_s=args.step_budget_s,
+        reload_check_s=args.reload_check_s,
         embedded_broker_fix=args.embedded_broker_fix,
         worker_id=args.worker_id, log_level=args.log_level,
         metrics_port=args.metrics_port, metrics_host=args.metrics_host)
