@@ -115,22 +115,25 @@ class Recovery:
     started: float                   # monotonic
     since_wall: float                # counting must be newer than this wall time
     worker: str | None = None
+    sent_before: int = 0             # events produced when the fault hit
     seconds: float | None = None
     interrupted: bool = False
     timed_out: bool = False
 
 
-def worker_recovered(status: dict, since_wall: float, input_done: bool) -> bool:
-    """A worker owns partitions, is not recovering its tables, and has counted since `since_wall`."""
-    counting = status.get("last_counted_at", 0.0) > since_wall or input_done
+def worker_recovered(status: dict, since_wall: float, nothing_to_count: bool) -> bool:
+    """A worker owns partitions, is not recovering its tables, and has counted since `since_wall` (unless
+    there was nothing new to count)."""
+    counting = status.get("last_counted_at", 0.0) > since_wall or nothing_to_count
     return bool(status.get("assigned")) and not status.get("recovering", True) and counting
 
 
-def group_recovered(statuses: dict[str, dict], since_wall: float, input_done: bool) -> bool:
-    """Every partition owned, no worker recovering, and some worker counted since `since_wall`."""
+def group_recovered(statuses: dict[str, dict], since_wall: float, nothing_to_count: bool) -> bool:
+    """Every partition owned, no worker recovering, and some worker counted since `since_wall` (unless there
+    was nothing new to count)."""
     owned = sorted(p for s in statuses.values() for p in s.get("assigned", []))
     recovering = any(s.get("recovering", True) for s in statuses.values())
-    counting = input_done or any(s.get("last_counted_at", 0.0) > since_wall for s in statuses.values())
+    counting = nothing_to_count or any(s.get("last_counted_at", 0.0) > since_wall for s in statuses.values())
     return owned == list(range(PARTITIONS)) and not recovering and counting
 
 
@@ -195,7 +198,8 @@ class ChaosRun:
         for pending in self.recoveries:   # a new fault on a worker still recovering cuts that measure short
             if pending.seconds is None and not pending.timed_out and worker is not None and pending.worker == worker:
                 pending.interrupted = True
-        self.recoveries.append(Recovery(number, kind, time.monotonic(), since_wall or time.time(), worker))
+        self.recoveries.append(Recovery(number, kind, time.monotonic(), since_wall or time.time(), worker,
+                                        len(self.sent)))
 
     def fault_kill(self, number: int, produced: int) -> str:
         victim = self.rng.choice(sorted(self.pool.workers))
@@ -265,9 +269,12 @@ class ChaosRun:
             if pending.worker is not None and pending.worker not in statuses:
                 pending.interrupted = True   # removed since
                 continue
-            done = group_recovered(statuses, pending.since_wall, self.input_done) and (
+            # counting since the fault proves the group works again, but only input sent since can be counted:
+            # before the next fault the producer waits for this, so back to back faults send nothing in between
+            nothing_new = self.input_done or len(self.sent) == pending.sent_before
+            done = group_recovered(statuses, pending.since_wall, nothing_new) and (
                 pending.worker is None or worker_recovered(statuses[pending.worker], pending.since_wall,
-                                                           self.input_done))
+                                                           nothing_new))
             if done:
                 pending.seconds = now - pending.started
 
