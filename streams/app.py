@@ -75,6 +75,7 @@ class Counters:
     late: int = 0
     redelivered_skipped: int = 0
     steps_scored: int = 0
+    assignments: int = 0             # partition assignments received (rebalances this worker took part in)
     trends_emitted: int = 0
     explanations_generated: int = 0  # explanations written by the TRAIL scorer (checked before publishing)
     explanations_replaced: int = 0   # of those, failed the faithfulness check: the template was published
@@ -150,6 +151,7 @@ def create_app(config: WorkerConfig, runtime: ScorerRuntime, internal_keys: Inte
         pipeline.log_progress()
 
     app.on_partitions_revoked.connect(pipeline.on_revoked)
+    app.on_partitions_assigned.connect(pipeline.on_assigned)
     return app
 
 
@@ -491,6 +493,9 @@ class Pipeline:
                 due = await self.due_jobs(state, idle=idle)
             for job in due:
                 await self.score_queue.put(job)
+
+    async def on_assigned(self, app, assigned, **kwargs) -> None:
+        self.counters.assignments += 1   # status.json: the worker has joined its group (maybe with nothing)
 
     async def on_revoked(self, app, revoked, **kwargs) -> None:
         """Forget revoked partitions once no write or idle declaration of this worker is in flight for them

@@ -122,10 +122,12 @@ class Recovery:
 
 
 def worker_recovered(status: dict, since_wall: float, nothing_to_count: bool) -> bool:
-    """A worker owns partitions, is not recovering its tables, and has counted since `since_wall` (unless
-    there was nothing new to count)."""
+    """A worker has joined its group since it started, is not recovering its tables, and, if it owns
+    partitions, has counted since `since_wall` (unless there was nothing new to count). A worker may own
+    none: faust gave one of two workers all four partitions."""
     counting = status.get("last_counted_at", 0.0) > since_wall or nothing_to_count
-    return bool(status.get("assigned")) and not status.get("recovering", True) and counting
+    joined = status.get("assignments", 0) > 0
+    return joined and not status.get("recovering", True) and (counting or not status.get("assigned"))
 
 
 def group_recovered(statuses: dict[str, dict], since_wall: float, nothing_to_count: bool) -> bool:
@@ -266,9 +268,11 @@ class ChaosRun:
         for pending in self.recoveries:
             if pending.seconds is not None or pending.interrupted or pending.timed_out:
                 continue
-            if pending.worker is not None and pending.worker not in statuses:
+            if pending.worker is not None and pending.worker not in self.pool.workers:
                 pending.interrupted = True   # removed since
                 continue
+            if pending.worker is not None and pending.worker not in statuses:
+                continue   # started, no status file yet
             # counting since the fault proves the group works again, but only input sent since can be counted:
             # before the next fault the producer waits for this, so back to back faults send nothing in between
             nothing_new = self.input_done or len(self.sent) == pending.sent_before

@@ -46,6 +46,7 @@ COUNTERS = (
      "Internal messages without a valid HMAC tag (of trail_dlq_internal_records)"),
     ("trail_catalogue_items", "catalogue_items", "Catalogue records stored from the items topic"),
     ("trail_steps", "steps_scored", "Global steps emitted by the merge step"),
+    ("trail_rebalances", "assignments", "Partition assignments received (rebalances this worker took part in)"),
     ("trail_trend_records", "trends_emitted", "Trend records published on the trending topic"),
     ("trail_explanations_generated", "explanations_generated", "Explanations written by the TRAIL model"),
     ("trail_explanations_replaced", "explanations_replaced",

@@ -43,6 +43,7 @@ STATUS_TO_METRIC = {
     "dlq_bad_signature": "trail_dlq_bad_signature_records_total",
     "catalogue_items": "trail_catalogue_items_total",
     "steps_scored": "trail_steps_total",
+    "assignments": "trail_rebalances_total",
     "trends_emitted": "trail_trend_records_total",
     "explanations_generated": "trail_explanations_generated_total",
     "explanations_replaced": "trail_explanations_replaced_total",
