@@ -164,3 +164,35 @@ def test_replaying_a_file_at_two_speeds_gives_identical_trends(make_replay, uniq
     assert sorted(fast) == sorted(slow)
     for step in fast:
         assert comparable(fast[step]) == comparable(slow[step])
+
+
+def test_workers_joining_and_leaving_mid_stream_keep_every_step_exact(make_replay, unique_topic, tmp_path):
+    """Rebalances while data flows and input partitions go idle between bursts (a 2-s idleness timeout and
+    3-s pauses): every step from the first to the last is emitted, and its counts equal a recount."""
+    events = make_events(36_000, n_items=12, days=35, seed=13)
+    replay = make_replay(unique_topic("rebalance"), tmp_path, top_k=12)
+    replay.extra_args = ["--source-idle-timeout-s", "2"]
+    first = replay.start_worker("a")
+    replay.wait_assigned()
+    chunks = [events[i:i + 2000] for i in range(0, len(events), 2000)]
+    produced = threading.Semaphore(0)
+
+    def produce_in_bursts() -> None:
+        for k, chunk in enumerate(chunks):
+            replay.produce(chunk, envelope=10)
+            produced.release()
+            time.sleep(3.0 if k % 4 == 3 else 0.3)   # pauses longer than the idleness timeout
+
+    producing = threading.Thread(target=produce_in_bursts)
+    producing.start()
+    for action in (lambda: replay.start_worker("b"), lambda: replay.start_worker("c"), first.stop):
+        for _ in range(4):   # after chunks 4, 8 and 12 of 18
+            produced.acquire()
+        assert producing.is_alive(), "the stream ended before the rebalance: nothing mid-stream tested"
+        action()
+    producing.join()
+    records = wait_for_step(replay, last_step_end(events), timeout_s=180)
+    replay.stop()
+    steps = by_step(records)
+    assert sorted(steps) == list(range(min(steps), max(steps) + DAY_MS, DAY_MS)), "a step is missing"
+    assert_counts_match_recount(steps, events)
