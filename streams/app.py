@@ -370,7 +370,10 @@ class Pipeline:
             await self.writer.commit(self.counts_table, partition, update.writes)
             state.accept(update)
             self._count(update)
-            self.last_input_at[partition] = time.monotonic()
+            if idle_end is None or partition not in self.last_input_at:
+                # an idle declaration is not input: the declarations repeat every --source-idle-timeout-s and
+                # kept the idle flush (quiet for --idle-flush-s) from ever firing when that was shorter
+                self.last_input_at[partition] = time.monotonic()
             due = await self.due_jobs(state, idle=False)
         for job in due:  # outside the lock: run_scoring takes it to commit, and a full queue waits for that
             await self.score_queue.put(job)
