@@ -7,8 +7,8 @@ worker raises ConsistencyError or silently drops the tail of a changelog during 
 
 ``install_end_offset_fix()`` replaces ``AIOKafkaConsumerThread._highwaters``: it asks for the end
 offsets as before, then for every non-empty partition seeks a separate, group-less probe consumer
-to (listed - 1), i.e. into the last batch, fetches once, and reports the fetch response's high
-watermark. The worker's own consumer and its positions are not touched.
+(one per consumer thread, kept) to (listed - 1), i.e. into the last batch, fetches once, and reports
+the fetch response's high watermark. The worker's own consumer and its positions are not touched.
 
 The fix is for the embedded broker only: ``should_apply_fix(bootstrap, mode)`` with mode ``on``,
 ``off``, or ``auto`` (ask the cluster for its metadata: tansu reports cluster id "tansu_cluster",
@@ -17,6 +17,7 @@ which ``trail broker`` and tests' EmbeddedBroker use; Apache Kafka reports a ran
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 
@@ -96,28 +97,47 @@ def end_offset_fix_installed() -> bool:
 
 async def _true_end_offsets(thread, listed: Mapping) -> dict:
     """Replace each listed end offset > 0 by the high watermark a fetch from (listed - 1) reports."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
+    from aiokafka import TopicPartition
 
     pending = {TopicPartition(tp.topic, tp.partition): tp for tp, end in listed.items() if end}
     if not pending:
         return dict(listed)
     conf = thread.app.conf
-    probe = AIOKafkaConsumer(
-        bootstrap_servers=server_list(thread.transport.url, thread.transport.default_port),
-        group_id=None, enable_auto_commit=False, client_id=f"{conf.broker_client_id}-end-offsets",
-        request_timeout_ms=int(conf.broker_request_timeout * 1000),
-        **credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context),
-    )
-    await probe.start()
-    try:
-        probe.assign(list(pending))
+    async with _probe_lock(thread):
+        probe = await _probe(thread)
+        probe.assign(list(pending))   # a new assignment: no high watermark known until the fetch below
         for tp, faust_tp in pending.items():
             probe.seek(tp, listed[faust_tp] - 1)
         highwaters = await _fetch_highwaters(probe, list(pending), conf.broker_request_timeout)
-    finally:
-        await probe.stop()
     return {**listed, **{pending[tp]: highwater for tp, highwater in highwaters.items()}}
+
+
+def _probe_lock(thread) -> asyncio.Lock:
+    """One probe per consumer thread, used by one lookup at a time (the worker asks for end offsets often:
+    idle sources are confirmed before the watermark moves, and a probe took ~1 s to start under load)."""
+    lock = getattr(thread, "_trail_probe_lock", None)
+    if lock is None:
+        lock = thread._trail_probe_lock = asyncio.Lock()
+    return lock
+
+
+async def _probe(thread):
+    """The consumer thread's group-less probe consumer, started on first use and kept."""
+    from aiokafka import AIOKafkaConsumer
+    from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
+
+    probe = getattr(thread, "_trail_probe", None)
+    if probe is None:
+        conf = thread.app.conf
+        probe = AIOKafkaConsumer(
+            bootstrap_servers=server_list(thread.transport.url, thread.transport.default_port),
+            group_id=None, enable_auto_commit=False, client_id=f"{conf.broker_client_id}-end-offsets",
+            request_timeout_ms=int(conf.broker_request_timeout * 1000),
+            **credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context),
+        )
+        await probe.start()
+        thread._trail_probe = probe
+    return probe
 
 
 async def _fetch_highwaters(probe, tps: list, timeout: float) -> dict:

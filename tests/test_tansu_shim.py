@@ -161,3 +161,27 @@ def test_table_recovery_reads_the_whole_changelog(broker, unique_topic, tmp_path
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90)
     sizes = re.findall(r"TABLE_SIZE=(\d+)", worker.stdout + worker.stderr)
     assert sizes == [str(keys)], worker.stderr[-2000:]
+
+
+def test_the_kept_probe_reports_records_written_since_its_last_lookup(broker, batched_topic, no_fix):
+    """The probe consumer is started once per consumer thread and kept: a second lookup must not report the
+    first one's high watermark (the worker confirms idle input partitions with these lookups)."""
+    tansu_shim.install_end_offset_fix()
+
+    async def twice() -> tuple[dict[int, int], dict[int, int]]:
+        app = faust.App("tansu-shim-twice", broker=f"kafka://{broker}")
+        thread = app.consumer._thread
+        await thread.start()
+        try:
+            tps = [TP(batched_topic, p) for p in range(3)]
+            first = await app.consumer.highwaters(*tps)
+            producer = Producer({"bootstrap.servers": broker, "linger.ms": 0})
+            for partition in (0, 2):
+                producer.produce(batched_topic, value=b"new", partition=partition)
+            assert producer.flush(10) == 0
+            second = await app.consumer.highwaters(*tps)
+        finally:
+            await thread.stop()
+        return ({tp.partition: o for tp, o in first.items()}, {tp.partition: o for tp, o in second.items()})
+
+    assert asyncio.run(twice()) == ({0: 30, 1: 30, 2: 0}, {0: 31, 1: 30, 2: 1})
