@@ -30,7 +30,7 @@ from infra.kafka_config import KafkaSettings
 from streams.bench_ingest import bench_worker_args, synthetic_events
 
 DEFAULT_HISTORY = "20000,80000,160000"
-READY_POLL_S = 0.05
+READY_POLL_S = 0.05      # /readyz polled this often: the restart times' resolution
 
 # what a deployment on tansu (which never compacts) grows without bound, and what the worker keeps bounded
 GROWTH = {
@@ -51,6 +51,10 @@ def add_bench_parser(benches) -> None:
     parser.add_argument("--history", type=history_sizes, default=history_sizes(DEFAULT_HISTORY), metavar="N,N,...",
                         help=f"events of history, one measured row each (default {DEFAULT_HISTORY})")
     parser.add_argument("--envelope", type=int, default=100, help="events per message (1: single events)")
+    parser.add_argument("--chunk-events", type=int, default=0, metavar="N",
+                        help="0 (default): the whole history is produced before the worker starts (a catch-up: "
+                             "few large writes); N: it is produced in chunks of N events while the worker runs, "
+                             "each chunk counted before the next is sent (a live stream: one write per chunk)")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--items", type=int, default=100_000, help="distinct item ids")
     parser.add_argument("--bootstrap", default=None,
@@ -77,28 +81,40 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_ready(worker, port: int, timeout_s: float) -> dict:
-    """Poll the worker's `/readyz` until 200 (owns partitions, table recovery over); its JSON body."""
-    deadline = time.monotonic() + timeout_s
+def readyz(port: int) -> tuple[int, dict] | None:
+    """(HTTP status, JSON body) of the worker's `/readyz`, or None while nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+            return response.status, orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:   # 503: alive, not ready
+        return exc.code, orjson.loads(exc.read() or b"{}")
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+
+
+def timed_restart(worker, port: int, timeout_s: float) -> dict:
+    """Start the worker again; seconds from process start until `/readyz` first answers (`up_s`), first shows
+    owned partitions (`joined_s`: the group rebalance is done, table recovery starts) and answers 200
+    (`ready_s`: owns partitions, table recovery over)."""
+    started = time.monotonic()
+    worker.start()
+    deadline = started + timeout_s
+    phases: dict[str, float] = {}
     while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
-                return orjson.loads(response.read())
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass   # not listening yet, or 503 (HTTPError is a URLError): not ready
+        answer = readyz(port)
+        now = round(time.monotonic() - started, 2)
+        if answer is not None:
+            phases.setdefault("up_s", now)
+            code, body = answer
+            if body.get("assigned"):
+                phases.setdefault("joined_s", now)
+            if code == 200:
+                return {**phases, "ready_s": now}
         if not worker.alive():
             raise RuntimeError(f"worker exited (code {worker.process.returncode}) before it was ready:\n"
                                f"{worker.log_tail()}")
         time.sleep(READY_POLL_S)
     raise TimeoutError(f"worker not ready in {timeout_s}s; status {worker.status()}\n{worker.log_tail()}")
-
-
-def timed_restart(worker, port: int, timeout_s: float) -> float:
-    """Start the worker again and return the seconds from process start until it is ready."""
-    started = time.monotonic()
-    worker.start()
-    wait_ready(worker, port, timeout_s)
-    return time.monotonic() - started
 
 
 def changelog_size(settings: KafkaSettings, topic: str, timeout_s: float, quiet_s: float = 2.0) -> tuple[int, int]:
@@ -190,7 +206,7 @@ def table_digest(rows: dict[str, bytes]) -> str:
 
 
 def measure_history(settings: KafkaSettings, events: int, envelope: int, partitions: int, n_items: int, seed: int,
-                    timeout_s: float) -> dict:
+                    timeout_s: float, chunk_events: int = 0) -> dict:
     """One row: count `events`, stop, measure changelog and disk, then a warm and a cold timed restart."""
     from infra.admin import TopicSpec, ensure_topics
     from streams.producer import ClickProducer
@@ -199,8 +215,11 @@ def measure_history(settings: KafkaSettings, events: int, envelope: int, partiti
     name = f"recov{int(time.time() * 1000)}"
     table = "slot-counts"
     ensure_topics(settings, {f"{name}-clicks": TopicSpec(partitions=partitions)})
-    with ClickProducer(settings, f"{name}-clicks", partitions, envelope=envelope) as producer:
-        producer.send_many(synthetic_events(events, n_items, seed))
+    history = synthetic_events(events, n_items, seed)
+    chunk = chunk_events or events
+    producer = ClickProducer(settings, f"{name}-clicks", partitions, envelope=envelope)
+    producer.send_many(history[:chunk])
+    producer.flush()
     with tempfile.TemporaryDirectory(prefix="trail-bench-recovery-") as tmp:
         data_dir = Path(tmp)
         port = free_port()
@@ -209,38 +228,46 @@ def measure_history(settings: KafkaSettings, events: int, envelope: int, partiti
         state_dir = data_dir / worker.worker_id / "v1"
         try:
             worker.start()
-            status = worker.wait_for(lambda s: s.get("counted", 0) >= events, timeout_s, f"{events} counted")
+            for sent in range(chunk, events + chunk, chunk):   # the rest of the history, a chunk at a time
+                target = min(sent, events)
+                status = worker.wait_for(lambda s, n=target: s.get("counted", 0) >= n, timeout_s, f"{target} counted")
+                if sent < events:
+                    producer.send_many(history[sent:sent + chunk])
+                    producer.flush()
             worker.stop()
             written = read_counts_table(state_dir, table)
             records, size = changelog_size(settings, f"{name}-{table}-changelog", timeout_s)
             disk = disk_bytes(state_dir)
 
-            warm_s = timed_restart(worker, port, timeout_s)
+            warm = timed_restart(worker, port, timeout_s)
             worker.stop()
-            warm = read_counts_table(state_dir, table)
+            warm_rows = read_counts_table(state_dir, table)
 
             shutil.rmtree(state_dir)
-            cold_s = timed_restart(worker, port, timeout_s)
+            cold = timed_restart(worker, port, timeout_s)
             worker.stop()
-            cold = read_counts_table(state_dir, table)
+            cold_rows = read_counts_table(state_dir, table)
             cold_disk = disk_bytes(state_dir)
         finally:
             worker.stop()
     return {
         "history_events": events,
-        "input_messages": -(-events // envelope),
+        "chunks": -(-events // chunk),
         "counted": status["counted"],
         "changelog_records": records,
         "changelog_mb": round(size / 1e6, 2),
         "disk_mb": round(disk / 1e6, 2),
         "cold_disk_mb": round(cold_disk / 1e6, 2),
         "table_keys": len(written),
-        "warm_restart_s": round(warm_s, 2),
-        "cold_restart_s": round(cold_s, 2),
-        "cold_over_warm": round(cold_s / warm_s, 2),
-        "ring_events": {"first_run": ring_events(written), "warm": ring_events(warm), "cold": ring_events(cold)},
-        "warm_counts_equal": count_state(warm) == count_state(written),
-        "cold_counts_equal": count_state(cold) == count_state(written),
+        "warm_restart_s": warm["ready_s"],
+        "cold_restart_s": cold["ready_s"],
+        "cold_over_warm": round(cold["ready_s"] / warm["ready_s"], 2),
+        "warm_phases": warm,
+        "cold_phases": cold,
+        "ring_events": {"first_run": ring_events(written), "warm": ring_events(warm_rows),
+                        "cold": ring_events(cold_rows)},
+        "warm_counts_equal": count_state(warm_rows) == count_state(written),
+        "cold_counts_equal": count_state(cold_rows) == count_state(written),
         "counts_sha256_16": table_digest(count_state(written)),
     }
 
@@ -260,7 +287,7 @@ def machine() -> dict:
 
 def measure_recovery(history: list[int], envelope: int = 100, partitions: int = 4, n_items: int = 100_000,
                      seed: int = 0, bootstrap: str | None = None, timeout_s: float = 600,
-                     command: str = "") -> dict:
+                     command: str = "", chunk_events: int = 0) -> dict:
     """Every history size's row, on one broker (embedded tansu with memory storage unless `bootstrap`)."""
     from infra.broker import EmbeddedBroker
 
@@ -268,7 +295,8 @@ def measure_recovery(history: list[int], envelope: int = 100, partitions: int = 
     embedded = None if bootstrap else EmbeddedBroker().start()
     try:
         settings = KafkaSettings(bootstrap=bootstrap or embedded.bootstrap)
-        rows = [measure_history(settings, n, envelope, partitions, n_items, seed, timeout_s) for n in history]
+        rows = [measure_history(settings, n, envelope, partitions, n_items, seed, timeout_s, chunk_events)
+                for n in history]
     finally:
         if embedded:
             embedded.stop()
@@ -281,9 +309,11 @@ def measure_recovery(history: list[int], envelope: int = 100, partitions: int = 
         "rows": rows,
         "exact": exact,
         "envelope": envelope,
+        "chunk_events": chunk_events,
         "partitions": partitions,
         "broker": "embedded tansu (memory)" if embedded else bootstrap,
-        "ready": "from process start until /readyz answers 200 (owns partitions, table recovery over)",
+        "ready": "seconds from process start until /readyz answers 200 (owns partitions, table recovery over); "
+                 "phases: up_s (/readyz first answers), joined_s (first owns partitions), ready_s",
         "growth": GROWTH,
         "machine": {**before, "load_avg_after": after["load_avg"]},
     }
@@ -291,8 +321,9 @@ def measure_recovery(history: list[int], envelope: int = 100, partitions: int = 
 
 def run(args: argparse.Namespace) -> int:
     command = "trail bench recovery --history " + ",".join(map(str, args.history)) + (
-        f" --envelope {args.envelope} --partitions {args.partitions}" + (" --json" if args.json else ""))
+        f" --envelope {args.envelope} --partitions {args.partitions}"
+        + (f" --chunk-events {args.chunk_events}" if args.chunk_events else "") + (" --json" if args.json else ""))
     result = measure_recovery(args.history, args.envelope, args.partitions, args.items, args.seed, args.bootstrap,
-                              args.timeout_s, command)
+                              args.timeout_s, command, args.chunk_events)
     print(orjson.dumps(result).decode())
     return 0 if result["exact"] else 1
