@@ -70,11 +70,7 @@ def measure_ingest(
             producer.send_many(synthetic_events(events, n_items, seed))
         produce_s = time.monotonic() - produce_started
         with tempfile.TemporaryDirectory(prefix="trail-bench-") as data_dir:
-            worker = WorkerProcess(
-                ["--bootstrap", bootstrap, "--app-id", name, "--partitions", str(partitions),
-                 "--clicks-topic", f"{name}-clicks", "--items-topic", f"{name}-items", "--dlq-topic", f"{name}-dlq",
-                 "--trending-topic", f"{name}-trending", "--scorer", scorer, "--log-level", "warning"],
-                Path(data_dir)).start()
+            worker = WorkerProcess(bench_worker_args(bootstrap, name, partitions, scorer), Path(data_dir)).start()
             try:
                 status = worker.wait_for(lambda s: s.get("counted", 0) >= events, timeout_s, f"{events} counted")
                 rss_mb = psutil.Process(worker.process.pid).memory_info().rss / 2**20
@@ -100,6 +96,13 @@ def measure_ingest(
         "produce_events_per_s": round(events / produce_s),
         "machine": machine_description(),
     }
+
+
+def bench_worker_args(bootstrap: str, name: str, partitions: int, scorer: str = "velocity") -> list[str]:
+    """`trail worker` flags of a bench's worker: app id `name`, its topics named after it, warnings only."""
+    return ["--bootstrap", bootstrap, "--app-id", name, "--partitions", str(partitions),
+            "--clicks-topic", f"{name}-clicks", "--items-topic", f"{name}-items", "--dlq-topic", f"{name}-dlq",
+            "--trending-topic", f"{name}-trending", "--scorer", scorer, "--log-level", "warning"]
 
 
 def machine_description() -> str:

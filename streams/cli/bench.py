@@ -11,6 +11,7 @@ BENCH_MODULES = {
     "step": "streams.bench_step",
     "dedup": "streams.bench_dedup",
     "auth": "streams.bench_auth",
+    "recovery": "streams.bench_recovery",
 }
 
 
