@@ -10,6 +10,7 @@ BENCH_MODULES = {
     "score": "export.bench_score",
     "step": "streams.bench_step",
     "dedup": "streams.bench_dedup",
+    "peer": "streams.bench_peer",
 }
 
 
