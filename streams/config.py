@@ -34,6 +34,7 @@ class WorkerConfig:
     data_dir: Path = Path("artifacts/worker")
     batch_max_messages: int = 5000
     batch_within_s: float = 0.25
+    batch_drain: bool = True                 # one flow-control wait per fetched batch (streams.batch_drain)
     dedup_capacity: int = 1_000_000          # recent event ids remembered per worker (bounded memory)
     min_ts_ms: int = MIN_TS_MS               # earlier event times are rejected (2000-01-01)
     max_future_s: int = 86_400               # events this far beyond wall-clock time are rejected

@@ -61,6 +61,10 @@ def run_worker(config: WorkerConfig) -> int:
         install_end_offset_fix()
         log.info("embedded broker detected: end-offset fix installed")
     app = create_app(config, runtime)
+    if config.batch_drain:
+        from streams.batch_drain import install_batch_drain
+
+        install_batch_drain(app)
     app.trail_pipeline.start_status_thread()
 
     @app.task

@@ -81,6 +81,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--worker-id", default="w1", help="distinct per worker on one machine")
     parser.add_argument("--app-id", default="trail", help="consumer group / internal topic prefix")
     parser.add_argument("--batch-max-messages", type=int, default=5000)
+    parser.add_argument("--no-batch-drain", dest="batch_drain", action="store_false",
+                        help="faust's own consumer loop (one flow-control wait per message) instead of one per "
+                             "fetched batch (streams/batch_drain.py)")
     parser.add_argument("--idle-flush-s", type=float, default=0.0,
                         help="if > 0, after this many seconds without input score up to the latest event")
     parser.add_argument("--max-future-s", type=int, default=86_400,
@@ -119,7 +122,8 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         kafka=settings_from_args(args), topics=topics_from_args(args), app_id=args.app_id,
         partitions=args.partitions, spec=window_spec_from_args(args), top_k=args.top_k,
         max_candidates=args.max_candidates,
-        data_dir=args.data_dir, batch_max_messages=args.batch_max_messages, idle_flush_s=args.idle_flush_s,
+        data_dir=args.data_dir, batch_max_messages=args.batch_max_messages, batch_drain=args.batch_drain,
+        idle_flush_s=args.idle_flush_s,
         max_future_s=args.max_future_s, min_ts_ms=args.min_event_time,
         recovery_give_up_s=args.recovery_give_up_s, source_idle_timeout_s=args.source_idle_timeout_s,
         scorer=args.scorer, scorer_sha256=args.scorer_sha256, step_budget_s=args.step_budget_s,
