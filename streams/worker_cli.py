@@ -80,7 +80,8 @@ def add_parser(subparsers) -> None:
                         help="RocksDB state lives in DATA_DIR/WORKER_ID")
     parser.add_argument("--worker-id", default="w1", help="distinct per worker on one machine")
     parser.add_argument("--app-id", default="trail", help="consumer group / internal topic prefix")
-    parser.add_argument("--batch-max-messages", type=int, default=5000)
+    parser.add_argument("--batch-max-messages", type=int, default=WorkerConfig.batch_max_messages,
+                        help="clicks messages per stage-1 batch (at most; a batch also ends after 0.25 s)")
     parser.add_argument("--no-batch-drain", dest="batch_drain", action="store_false",
                         help="faust's own consumer loop (one flow-control wait per message) instead of one per "
                              "fetched batch (streams/batch_drain.py)")
