@@ -331,7 +331,7 @@ def measure_peer(args: argparse.Namespace) -> dict:
         "items": args.items,
         "broker": "embedded tansu (memory)" if embedded else bootstrap,
         "rounds": rounds,
-        "ratios_median": {key: statistics.median(v) if None not in v else None for key, v in ratios.items()},
+        "ratios_median": {key: round(statistics.median(v), 4) if None not in v else None for key, v in ratios.items()},
         "ratios_min": {key: min(v) if None not in v else None for key, v in ratios.items()},
         "ratios_max": {key: max(v) if None not in v else None for key, v in ratios.items()},
         "counts_exact": all(r[k].get("counts_exact", True) for r in rounds
