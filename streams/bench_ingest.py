@@ -86,7 +86,7 @@ def measure_ingest(
 
 
 def time_worker(bootstrap: str, app_id: str, clicks_topic: str, partitions: int, events: int, scorer: str,
-                timeout_s: float, data_dir: Path) -> dict:
+                timeout_s: float, data_dir: Path, extra_args: tuple[str, ...] = ()) -> dict:
     """Run one worker (app id `app_id`, state under `data_dir`) over `clicks_topic` until its table holds
     `events` events, then stop it; seconds from its first input batch to its last table write, and rate."""
     import psutil
@@ -96,7 +96,7 @@ def time_worker(bootstrap: str, app_id: str, clicks_topic: str, partitions: int,
     worker = WorkerProcess(
         ["--bootstrap", bootstrap, "--app-id", app_id, "--partitions", str(partitions),
          "--clicks-topic", clicks_topic, "--items-topic", f"{app_id}-items", "--dlq-topic", f"{app_id}-dlq",
-         "--trending-topic", f"{app_id}-trending", "--scorer", scorer, "--log-level", "warning"],
+         "--trending-topic", f"{app_id}-trending", "--scorer", scorer, "--log-level", "warning", *extra_args],
         Path(data_dir)).start()
     try:
         status = worker.wait_for(lambda s: s.get("counted", 0) >= events, timeout_s, f"{events} counted")

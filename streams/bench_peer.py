@@ -54,6 +54,9 @@ def add_bench_parser(benches) -> None:
     parser.add_argument("--timeout-s", type=float, default=600, help="per run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-quix", action="store_true", help="do not run the Quix Streams peer")
+    parser.add_argument("--batch-drain", action="store_true", help="run TRAIL's workers with --batch-drain")
+    parser.add_argument("--batch-max-messages", type=int, default=None,
+                        help="run TRAIL's workers with this --batch-max-messages (default: the worker's)")
     parser.add_argument("--json", action="store_true", help="(the output is always one JSON object)")
     parser.set_defaults(func=run)
 
@@ -274,7 +277,7 @@ def one_round(bootstrap: str, name: str, topics: dict[str, str], events: list[di
             data_dir = tmp_path / run_name
             started = time.monotonic()
             status = time_worker(bootstrap, f"{name}-{run_name}-{time.time_ns()}", topic, args.partitions, n,
-                                 "velocity", args.timeout_s, data_dir)
+                                 "velocity", args.timeout_s, data_dir, worker_args(args))
             counted = trail_counts(data_dir)
             result[run_name] = {
                 "seconds": status["seconds"], "events_per_s": status["events_per_s"], "counted": status["counted"],
@@ -337,10 +340,18 @@ def measure_peer(args: argparse.Namespace) -> dict:
         "counts_exact": all(r[k].get("counts_exact", True) for r in rounds
                             for k in ("quix", "trail_single", "trail_envelope")),
         "quix_skipped": skip_quix,
+        "trail_worker_args": list(worker_args(args)),
         "machine": started_machine,
         "load_avg_1_5_15_at_end": [round(x, 2) for x in os.getloadavg()],
         "command": command_line(args),
     }
+
+
+def worker_args(args: argparse.Namespace) -> tuple[str, ...]:
+    extra: tuple[str, ...] = ("--batch-drain",) if args.batch_drain else ()
+    if args.batch_max_messages:
+        extra += ("--batch-max-messages", str(args.batch_max_messages))
+    return extra
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -351,6 +362,7 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--bootstrap", args.bootstrap]
     if args.skip_quix:
         parts.append("--skip-quix")
+    parts += worker_args(args)
     return " ".join(parts + ["--json"])
 
 
