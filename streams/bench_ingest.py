@@ -52,12 +52,9 @@ def measure_ingest(
     scorer: str = "velocity", timeout_s: float = 600,
 ) -> dict:
     """Pre-produce synthetic events, run one worker until its table holds them all; the JSON result."""
-    import psutil
-
     from infra.admin import TopicSpec, ensure_topics
     from infra.broker import EmbeddedBroker
     from streams.producer import ClickProducer
-    from streams.worker_process import WorkerProcess
 
     embedded = None if bootstrap else EmbeddedBroker().start()
     bootstrap = bootstrap or embedded.bootstrap
@@ -70,31 +67,48 @@ def measure_ingest(
             producer.send_many(synthetic_events(events, n_items, seed))
         produce_s = time.monotonic() - produce_started
         with tempfile.TemporaryDirectory(prefix="trail-bench-") as data_dir:
-            worker = WorkerProcess(bench_worker_args(bootstrap, name, partitions, scorer), Path(data_dir)).start()
-            try:
-                status = worker.wait_for(lambda s: s.get("counted", 0) >= events, timeout_s, f"{events} counted")
-                rss_mb = psutil.Process(worker.process.pid).memory_info().rss / 2**20
-            finally:
-                worker.stop()
+            timed = time_worker(bootstrap, name, f"{name}-clicks", partitions, events, scorer, timeout_s,
+                                Path(data_dir))
     finally:
         if embedded:
             embedded.stop()
-    seconds = status["last_counted_at"] - status["first_input_at"]
     return {
         "bench": "ingest",
         "events": events,
         "envelope": envelope,
         "messages": -(-events // envelope),
+        **timed,
+        "partitions": partitions,
+        "broker": "embedded tansu (memory)" if embedded else bootstrap,
+        "produce_events_per_s": round(events / produce_s),
+        "machine": machine_description(),
+    }
+
+
+def time_worker(bootstrap: str, app_id: str, clicks_topic: str, partitions: int, events: int, scorer: str,
+                timeout_s: float, data_dir: Path, extra_args: tuple[str, ...] = ()) -> dict:
+    """Run one worker (app id `app_id`, state under `data_dir`) over `clicks_topic` until its table holds
+    `events` events, then stop it; seconds from its first input batch to its last table write, and rate."""
+    import psutil
+
+    from streams.worker_process import WorkerProcess
+
+    args = bench_worker_args(bootstrap, app_id, partitions, scorer)
+    args[args.index("--clicks-topic") + 1] = clicks_topic
+    worker = WorkerProcess([*args, *extra_args], Path(data_dir)).start()
+    try:
+        status = worker.wait_for(lambda s: s.get("counted", 0) >= events, timeout_s, f"{events} counted")
+        rss_mb = psutil.Process(worker.process.pid).memory_info().rss / 2**20
+    finally:
+        worker.stop()
+    seconds = status["last_counted_at"] - status["first_input_at"]
+    return {
         "seconds": round(seconds, 3),
         "events_per_s": round(events / seconds),
         "counted": status["counted"],
         "steps_scored": status.get("steps_scored", 0),
         "scorer": status.get("scorer", scorer),
-        "partitions": partitions,
-        "broker": "embedded tansu (memory)" if embedded else bootstrap,
         "rss_mb": round(rss_mb, 1),
-        "produce_events_per_s": round(events / produce_s),
-        "machine": machine_description(),
     }
 
 

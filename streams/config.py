@@ -35,6 +35,7 @@ class WorkerConfig:
     internal_key_file: Path | None = None    # internal-message keys (infra.internal_auth); None: env, else default
     batch_max_messages: int = 5000
     batch_within_s: float = 0.25
+    batch_drain: bool = False                # opt-in: one flow-control wait per fetched batch (streams.batch_drain)
     dedup_capacity: int = 1_000_000          # recent event ids remembered per worker (bounded memory)
     min_ts_ms: int = MIN_TS_MS               # earlier event times are rejected (2000-01-01)
     max_future_s: int = 86_400               # events this far beyond wall-clock time are rejected

@@ -68,6 +68,10 @@ def run_worker(config: WorkerConfig) -> int:
         install_end_offset_fix()
         log.info("embedded broker detected: end-offset fix installed")
     app = create_app(config, runtime, internal_keys)
+    if config.batch_drain:
+        from streams.batch_drain import install_batch_drain
+
+        install_batch_drain(app)
     app.trail_pipeline.start_status_thread()
 
     @app.task

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models.windows import WindowSpec
-from schemas import DLQ_RECORD_V1, validator
+from schemas import CLICK_EVENT_V1, DLQ_RECORD_V1, ValidationError, validator
 from streams.deltas import DeltaColumns, DeltaRouter, InvalidInternalMessage, decode_deltas, encode_deltas
 from streams.events import (
     MAX_DLQ_ORIGINAL_BYTES,
@@ -23,6 +23,7 @@ from streams.events import (
     Rejection,
     decode_message,
     dlq_record,
+    plainly_valid,
 )
 from streams.merge import CandidatesMessage
 
@@ -197,3 +198,28 @@ def test_forged_candidates_are_refused():
                    {"b": 9, "p": 0, "candidates": [{**good, "explanation": "made up"}]}):
         with pytest.raises(InvalidInternalMessage):
             CandidatesMessage.decode(orjson.dumps(forged), 4, 10, 4)
+
+
+def schema_accepts(obj) -> bool:
+    try:
+        validator(CLICK_EVENT_V1)(obj)
+    except ValidationError:
+        return False
+    return True
+
+
+optional_strings = st.one_of(st.text(max_size=3), st.text(min_size=63, max_size=66),
+                             st.text(min_size=255, max_size=258),
+                             json_scalars)
+maybe_events = st.fixed_dictionaries({"item_id": item_ids | json_scalars, "ts": timestamps | json_scalars},
+                                     optional={"event_id": optional_strings, "user_id": optional_strings,
+                                               "event_type": optional_strings, "extra": json_values})
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(maybe_events | json_values)
+def test_the_plain_python_check_accepts_only_what_the_schema_accepts(obj):
+    if plainly_valid(obj):
+        assert schema_accepts(obj), obj
+    if schema_accepts(obj) and isinstance(obj, dict) and type(obj.get("ts")) is int:
+        assert plainly_valid(obj), obj   # and misses none of the ordinary ones (else it would be no fast path)

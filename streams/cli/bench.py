@@ -12,6 +12,7 @@ BENCH_MODULES = {
     "dedup": "streams.bench_dedup",
     "auth": "streams.bench_auth",
     "recovery": "streams.bench_recovery",
+    "peer": "streams.bench_peer",
 }
 
 

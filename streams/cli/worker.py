@@ -66,7 +66,11 @@ def add_parser(subparsers) -> None:
                         f"Default: ${KEY_FILE_ENV}, else ${KEY_ENV} (hex), else DATA_DIR/keys/APP_ID.key, "
                         "created on first use")
     parser.add_argument("--app-id", default=WorkerConfig.app_id, help="consumer group / internal topic prefix")
-    parser.add_argument("--batch-max-messages", type=int, default=WorkerConfig.batch_max_messages)
+    parser.add_argument("--batch-max-messages", type=int, default=WorkerConfig.batch_max_messages,
+                        help="clicks messages per stage-1 batch (at most; a batch also ends after 0.25 s)")
+    parser.add_argument("--batch-drain", action="store_true",
+                        help="experimental: one flow-control wait per fetched batch instead of faust's one per "
+                             "message (streams/batch_drain.py; ~2x single-event ingest)")
     parser.add_argument("--idle-flush-s", type=float, default=WorkerConfig.idle_flush_s,
                         help="if > 0, after this many seconds without input score up to the latest event")
     parser.add_argument("--max-future-s", type=int, default=WorkerConfig.max_future_s,
@@ -107,7 +111,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         partitions=args.partitions, spec=window_spec_from_args(args), top_k=args.top_k,
         max_candidates=args.max_candidates,
         data_dir=args.data_dir, internal_key_file=args.internal_key_file,
-        batch_max_messages=args.batch_max_messages, idle_flush_s=args.idle_flush_s,
+        batch_max_messages=args.batch_max_messages, batch_drain=args.batch_drain, idle_flush_s=args.idle_flush_s,
         max_future_s=args.max_future_s, min_ts_ms=args.min_event_time,
         recovery_give_up_s=args.recovery_give_up_s, source_idle_timeout_s=args.source_idle_timeout_s,
         scorer=args.scorer, scorer_sha256=args.scorer_sha256, step_budget_s=args.step_budget_s,
