@@ -34,6 +34,8 @@ from pathlib import Path
 
 from infra.errors import TrailError
 
+Headers = Iterable[tuple[str, bytes]] | None   # a Kafka message's headers, as aiokafka gives them
+
 log = logging.getLogger("trail.internal_auth")
 
 HEADER = "trail-hmac"
@@ -89,7 +91,7 @@ class InternalKeys:
         return [(HEADER, self.tag(topic, partition, key, value))]
 
     def check(self, topic: str, partition: int, key: bytes | None, value: bytes | None,
-              headers: Iterable[tuple[str, bytes]] | None) -> str | None:
+              headers: Headers) -> str | None:
         """None if the message carries exactly one tag made by one of the accepted keys; else why not."""
         tags = [tag for name, tag in (headers or ()) if name == HEADER]
         if len(tags) != 1:

@@ -12,6 +12,9 @@ buffer per key, ~100x slower): `streams.table_store` sends each write as one cha
 the acks, then applies it locally in one WriteBatch with the persisted offset; recovery applies whole
 groups only. In-memory state moves only after a commit succeeded.
 
+`Pipeline` holds the worker's state and the agents' bodies; its stage 1 (`streams.stage_one`), merge step
+(`streams.merge_step`) and status reporting (`streams.status_report`) are parts of it in modules of their own.
+
 Internal messages (deltas, candidates) carry an HMAC-SHA256 tag in a header (`infra.internal_auth`): the
 agents that read them check it before anything is parsed; an untagged or mis-tagged message goes to the DLQ
 (`bad_signature`), never applied.
@@ -28,38 +31,34 @@ import asyncio
 import functools
 import logging
 import os
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import faust
-import orjson
 from faust.types import TP
 
-from infra.files import write_atomic_private
-from infra.internal_auth import InternalKeys
+from infra.internal_auth import Headers, InternalKeys
 from models.features import FeatureBatch
 from streams import metrics
 from streams.catalogue import catalogue_text, validate_catalogue_record
 from streams.config import WorkerConfig
-from streams.deltas import DeltaRouter, InvalidInternalMessage, decode_deltas, encode_deltas, encode_idle
+from streams.deltas import DeltaRouter, InvalidInternalMessage, decode_deltas
 from streams.events import Rejection, dlq_record, latest_acceptable_ts_ms
-from streams.merge import CandidatesMessage, MergeProgress, pending_key, record_id
-from streams.recovery_watch import RecoveryStalled, RecoveryWatch
+from streams.merge import CandidatesMessage
+from streams.merge_step import MergeStep
+from streams.recovery_watch import RecoveryWatch
 from streams.scorer_runtime import ScorerRuntime
 from streams.scoring_loop import (
     features_at,
-    grounded_explanations,
-    merge_top_k,
     partition_candidates,
-    trend_records,
 )
+from streams.stage_one import StageOne
 from streams.state import PartitionState, StateUpdate
-from streams.table_store import TableWriter, committed_next_offset, partition_db, register_store
+from streams.status_report import StatusReporting
+from streams.table_store import TableWriter, partition_db, register_store
 
 log = logging.getLogger("trail.worker")
-Headers = Iterable[tuple[str, bytes]] | None   # a Kafka message's headers, as aiokafka gives them
 
 
 @dataclass
@@ -169,7 +168,7 @@ class ScoringJob:
     commit: bool = True
 
 
-class Pipeline:
+class Pipeline(StageOne, MergeStep, StatusReporting):
     """The worker's state and the agents' bodies; holds no logic a pure module could hold."""
 
     def __init__(self, app: faust.App, config: WorkerConfig, runtime: ScorerRuntime,
@@ -221,101 +220,6 @@ class Pipeline:
             finally:
                 logging.shutdown()
                 os._exit(70)
-
-    def start_status_thread(self, interval_s: float = 1.0) -> threading.Thread:
-        """Write the status file every `interval_s` from a thread of its own: faust runs no timer while it
-        recovers tables, and that is when an operator most needs to see what the worker does."""
-        def loop() -> None:
-            while True:
-                time.sleep(interval_s)
-                self.watch_recovery()
-                self.write_status()
-
-        thread = threading.Thread(target=loop, name="trail-status", daemon=True)
-        thread.start()
-        return thread
-
-    def watch_recovery(self) -> None:
-        """Recovery state for the status file; stops the worker (exit 70) when it made no progress for good."""
-        try:
-            self.recovery_state = self.recovery_watch.check(self.app.tables.recovery)
-        except RecoveryStalled as exc:
-            log.critical("trail: %s; stopping the worker so that a restart recovers afresh", exc)
-            self.write_status(failed="recovery")
-            logging.shutdown()
-            os._exit(70)
-
-    # --- stage 1 ---------------------------------------------------------------------------------------
-
-    async def ingest(self, messages: list[tuple[int, int, bytes | None]]) -> None:
-        if not self.counters.first_input_at:
-            self.counters.first_input_at = time.time()
-        now = time.monotonic()
-        for source, _, _ in messages:
-            self.source_heard_at[source] = now
-            self.idle_declared.pop(source, None)
-        batch = self.router.route(messages, latest_acceptable_ts_ms(self.config.max_future_s), self.config.min_ts_ms)
-        producer = self.app.producer
-        sends = []
-        for source, offset, rejection in batch.rejections:
-            record = dlq_record(rejection, self.config.topics.clicks, source, offset)
-            sends.append(await producer.send(self.config.topics.dlq, None, record, None, None, None))
-        for source, watermark in batch.watermarks.items():
-            for target in range(self.config.partitions):
-                for value in encode_deltas(source, watermark, batch.deltas.get((source, target))):
-                    headers = self.internal_keys.headers(self.config.deltas_topic, target, None, value)
-                    sends.append(await producer.send(self.config.deltas_topic, None, value, target, None, headers))
-        await asyncio.gather(*sends)
-        for source, offset, _ in messages:
-            if offset >= self.source_read_upto.get(source, 0):
-                self.source_read_upto[source] = offset + 1
-        self.counters.events += batch.events
-        self.counters.dlq += len(batch.rejections)
-        for _source, _offset, rejection in batch.rejections:
-            self.counters.dlq_by_reason[rejection.code] = self.counters.dlq_by_reason.get(rejection.code, 0) + 1
-        self.counters.duplicates += batch.duplicates
-
-    async def declare_idle_sources(self) -> None:
-        """Declare idle every input partition this worker reads that it has processed to its end and that sent
-        nothing for --source-idle-timeout-s (Flink's withIdleness, but never while a backlog is read). Repeated
-        every timeout while it stays idle, so a partition state rebuilt after a rebalance learns it too.
-
-        "Processed to its end" compares the offset after the last message whose deltas were sent (or the
-        committed offset, for a partition with nothing new since it was assigned) with the end offset asked
-        of the broker now. The consumer's cached highwater and position are not enough: faust fetches ahead
-        of the agent, and a new owner declared a backlog idle before reading it (its events then came late).
-        """
-        timeout_s = self.config.source_idle_timeout_s
-        if timeout_s <= 0:
-            return
-        now = time.monotonic()
-        consumer = self.app.consumer
-        candidates = [tp for tp in list(consumer.assignment())
-                      if tp.topic == self.config.topics.clicks
-                      and now - self.idle_declared.get(tp.partition, -timeout_s) >= timeout_s
-                      and now - self.source_heard_at.get(tp.partition, self.started_at) >= timeout_s]
-        if candidates:
-            async with self.idle_lock:
-                await self._declare_idle(candidates, now)
-
-    async def _declare_idle(self, candidates: list, now: float) -> None:
-        consumer = self.app.consumer
-        try:
-            ends = await consumer.highwaters(*candidates)
-        except Exception:  # noqa: BLE001 - broker busy or a rebalance meanwhile: ask again next time
-            return
-        for tp in candidates:
-            source = tp.partition
-            if tp not in consumer.assignment() or ends.get(tp) is None:
-                continue   # revoked meanwhile: not ours to declare
-            processed = max(self.source_read_upto.get(source, 0), committed_next_offset(consumer, tp))
-            if processed < ends[tp]:
-                continue   # unprocessed messages: a backlog, not an idle partition
-            watermark = self.router.max_ts_ms.get(source, -1)
-            declaration = encode_idle(source, watermark, ends[tp])
-            for target in range(self.config.partitions):
-                await self.send_internal(self.config.deltas_topic, declaration, target)
-            self.idle_declared[source] = now
 
     async def send_internal(self, topic: str, value: bytes, partition: int) -> None:
         """Send one internal message with its HMAC tag and wait for the broker's ack."""
@@ -514,100 +418,3 @@ class Pipeline:
                     self.source_read_upto.pop(tp.partition, None)
                     self.idle_declared.pop(tp.partition, None)
                     self.source_heard_at[tp.partition] = time.monotonic()
-
-    # --- merge step ------------------------------------------------------------------------------------
-
-    async def merge(self, offset: int, value: bytes | None, key: bytes | None, headers: Headers) -> None:
-        if not await self.authentic(self.config.candidates_topic, 0, offset, key, value, headers):
-            return
-        try:
-            message = CandidatesMessage.decode(value, self.config.partitions, self.config.top_k,
-                                               self.config.spec.n_buckets)
-        except InvalidInternalMessage as exc:
-            await self.reject_internal(self.config.candidates_topic, 0, offset, value, str(exc))
-            return
-        progress = MergeProgress.decode(self.merge_db.get(b"progress"))
-        if not progress.is_new(message):
-            return  # re-delivered after a crash
-        key = pending_key(message.boundary)
-        pending = orjson.loads(self.merge_db.get(key) or b"{}")
-        pending[str(message.partition)] = message.candidates
-        progress.reported[str(message.partition)] = message.boundary
-        writes: dict[bytes, bytes | None] = {key: orjson.dumps(pending)}
-        writes.update(await self._emit_complete(progress, writes))
-        writes[b"progress"] = progress.encode()
-        await self.writer.commit(self.merge_table, 0, writes)
-
-    @property
-    def merge_db(self):
-        return partition_db(self.merge_table, 0)
-
-    async def _emit_complete(self, progress: MergeProgress, unsaved: dict[bytes, bytes | None]) -> dict:
-        """Emit, in order, every pending boundary that every partition has reported past.
-
-        Every record is acked by the broker before the step is marked emitted (the caller commits the
-        progress after this returns): a crash in between emits the step again, with the same record ids.
-        Returns the merge-table writes: emitted boundaries are deleted.
-        """
-        complete_upto = progress.complete_upto(self.config.partitions)
-        if complete_upto is None:
-            return {}
-        pending = {k: v for k, v in self.merge_db.items(from_key=b"pending:") if k.startswith(b"pending:") and v}
-        pending.update({k: v for k, v in unsaved.items() if v})
-        writes: dict[bytes, bytes | None] = {}
-        for key in sorted(pending):
-            boundary = int(key[len(b"pending:"):])
-            if boundary > complete_upto:
-                break
-            candidates = [c for part in orjson.loads(pending[key]).values() for c in part]
-            with metrics.STEP_SECONDS.time():
-                with metrics.EXPLAIN_SECONDS.time():
-                    records = await self._explained_records(candidates, boundary)
-                sends = [await self.app.producer.send(self.config.topics.trending, str(boundary).encode(),
-                                                      orjson.dumps(record), None, None, None) for record in records]
-                await asyncio.gather(*sends)
-            self.last_step = records or self.last_step
-            self.counters.steps_scored += 1
-            self.counters.trends_emitted += len(records)
-            writes[key] = None
-            progress.emitted_upto = boundary
-        return writes
-
-    async def _explained_records(self, candidates: list[dict], boundary: int) -> list[dict]:
-        """Global top-K of a step, explained by the scorer whose forecasts ranked them."""
-        if not candidates:
-            return []
-        batch, forecast, chosen = merge_top_k(candidates, boundary, self.config.spec, self.config.top_k)
-        scorer = self.runtime.scorer_by_name(candidates[chosen[0]].get("model", ""))
-        explanations, writer = await self.runtime.explain(scorer, batch, forecast, chosen)
-        from_model = writer is not self.runtime.baseline
-        texts, sources = grounded_explanations(batch, forecast, chosen, explanations, from_model,
-                                               template=self.runtime.baseline)
-        replaced = sources.count("template") if from_model else 0
-        self.counters.explanations_generated += len(texts) if from_model else 0
-        self.counters.explanations_replaced += replaced
-        if replaced:
-            log.info("step %d: %d of %d generated explanations failed the faithfulness check; templates published",
-                     boundary, replaced, len(texts))
-        model = {"name": scorer.name, "version": scorer.version, "sha256": scorer.sha256}
-        records = trend_records(batch, forecast, chosen, texts, model, sources)
-        for record in records:
-            record["record_id"] = record_id(record["window"], record["rank"], model)
-        return records
-
-    def log_progress(self) -> None:
-        log.info("trail: %s", orjson.dumps(self.counters.as_dict()).decode())
-
-    def write_status(self, failed: str | None = None) -> None:
-        """The status file operators and benches read: counters, scorer, owned partitions (atomic replace)."""
-        path = self.config.status_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            assigned = sorted(tp.partition for tp in set(self.app.consumer.assignment())
-                              if tp.topic == self.config.topics.clicks)
-        except RuntimeError:   # the assignment changed while read from the status thread: next time
-            return
-        write_atomic_private(path, orjson.dumps({
-            **self.counters.as_dict(), "scorer": self.runtime.scorer.name, "scorer_fallbacks": self.runtime.fallbacks,
-            "assigned": assigned, **self.recovery_state, "written_at": time.time(),
-            **({"failed": failed} if failed else {})}), mode=0o644)

@@ -1,0 +1,89 @@
+"""Stage 1 of the worker: click messages in, deltas out, and idle declarations for quiet input partitions.
+
+`StageOne` is a part of `streams.app.Pipeline` (which holds the state it reads: the app, config, router,
+counters, the per-source bookkeeping); split out so each module reads as one stage. Routing, validation and
+pre-aggregation are pure (`streams.deltas`, `streams.events`); this module owns their Kafka side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from streams.deltas import encode_deltas, encode_idle
+from streams.events import dlq_record, latest_acceptable_ts_ms
+from streams.table_store import committed_next_offset
+
+
+class StageOne:
+    """Stage 1 bodies of `Pipeline`: `ingest` (the clicks agent) and `declare_idle_sources` (a timer)."""
+
+    async def ingest(self, messages: list[tuple[int, int, bytes | None]]) -> None:
+        if not self.counters.first_input_at:
+            self.counters.first_input_at = time.time()
+        now = time.monotonic()
+        for source, _, _ in messages:
+            self.source_heard_at[source] = now
+            self.idle_declared.pop(source, None)
+        batch = self.router.route(messages, latest_acceptable_ts_ms(self.config.max_future_s), self.config.min_ts_ms)
+        producer = self.app.producer
+        sends = []
+        for source, offset, rejection in batch.rejections:
+            record = dlq_record(rejection, self.config.topics.clicks, source, offset)
+            sends.append(await producer.send(self.config.topics.dlq, None, record, None, None, None))
+        for source, watermark in batch.watermarks.items():
+            for target in range(self.config.partitions):
+                for value in encode_deltas(source, watermark, batch.deltas.get((source, target))):
+                    headers = self.internal_keys.headers(self.config.deltas_topic, target, None, value)
+                    sends.append(await producer.send(self.config.deltas_topic, None, value, target, None, headers))
+        await asyncio.gather(*sends)
+        for source, offset, _ in messages:
+            if offset >= self.source_read_upto.get(source, 0):
+                self.source_read_upto[source] = offset + 1
+        self.counters.events += batch.events
+        self.counters.dlq += len(batch.rejections)
+        for _source, _offset, rejection in batch.rejections:
+            self.counters.dlq_by_reason[rejection.code] = self.counters.dlq_by_reason.get(rejection.code, 0) + 1
+        self.counters.duplicates += batch.duplicates
+
+    async def declare_idle_sources(self) -> None:
+        """Declare idle every input partition this worker reads that it has processed to its end and that sent
+        nothing for --source-idle-timeout-s (Flink's withIdleness, but never while a backlog is read). Repeated
+        every timeout while it stays idle, so a partition state rebuilt after a rebalance learns it too.
+
+        "Processed to its end" compares the offset after the last message whose deltas were sent (or the
+        committed offset, for a partition with nothing new since it was assigned) with the end offset asked
+        of the broker now. The consumer's cached highwater and position are not enough: faust fetches ahead
+        of the agent, and a new owner declared a backlog idle before reading it (its events then came late).
+        """
+        timeout_s = self.config.source_idle_timeout_s
+        if timeout_s <= 0:
+            return
+        now = time.monotonic()
+        consumer = self.app.consumer
+        candidates = [tp for tp in list(consumer.assignment())
+                      if tp.topic == self.config.topics.clicks
+                      and now - self.idle_declared.get(tp.partition, -timeout_s) >= timeout_s
+                      and now - self.source_heard_at.get(tp.partition, self.started_at) >= timeout_s]
+        if candidates:
+            async with self.idle_lock:
+                await self._declare_idle(candidates, now)
+
+    async def _declare_idle(self, candidates: list, now: float) -> None:
+        consumer = self.app.consumer
+        try:
+            ends = await consumer.highwaters(*candidates)
+        except Exception:  # noqa: BLE001 - broker busy or a rebalance meanwhile: ask again next time
+            return
+        for tp in candidates:
+            source = tp.partition
+            if tp not in consumer.assignment() or ends.get(tp) is None:
+                continue   # revoked meanwhile: not ours to declare
+            processed = max(self.source_read_upto.get(source, 0), committed_next_offset(consumer, tp))
+            if processed < ends[tp]:
+                continue   # unprocessed messages: a backlog, not an idle partition
+            watermark = self.router.max_ts_ms.get(source, -1)
+            declaration = encode_idle(source, watermark, ends[tp])
+            for target in range(self.config.partitions):
+                await self.send_internal(self.config.deltas_topic, declaration, target)
+            self.idle_declared[source] = now
