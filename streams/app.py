@@ -274,11 +274,13 @@ class Pipeline(StageOne, MergeStep, StatusReporting):
             await self.writer.commit(self.counts_table, partition, update.writes)
             state.accept(update)
             self._count(update)
+            due = await self.due_jobs(state, idle=False)
             if idle_end is None or partition not in self.last_input_at:
                 # an idle declaration is not input: the declarations repeat every --source-idle-timeout-s and
-                # kept the idle flush (quiet for --idle-flush-s) from ever firing when that was shorter
+                # kept the idle flush (quiet for --idle-flush-s) from ever firing when that was shorter. Taken
+                # after `due_jobs`, whose end-offset lookup can take seconds under load: time spent here is not
+                # quiet (the idle flush then closed steps while this partition's next messages waited)
                 self.last_input_at[partition] = time.monotonic()
-            due = await self.due_jobs(state, idle=False)
         for job in due:  # outside the lock: run_scoring takes it to commit, and a full queue waits for that
             await self.score_queue.put(job)
 
