@@ -35,6 +35,7 @@ class TrainConfig:
     encoder_grad: bool = False        # backpropagate the contrastive loss through the explanation encoder too
     output_vocab: str = "all"         # "all" tokens, or "rationales": only those the rationale templates write
     copy_path: bool = False           # a pointer over the prompt's tokens beside the vocabulary (needs rationales)
+    forecast_base: str = "none"       # the head forecasts a log1p correction on top of "ema" / "reddit-decay"
     descriptor: bool = True           # rationale targets may name the item ("this 1995 action thriller")
     lora_r: int = 16
     lora_alpha: int = 32
