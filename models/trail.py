@@ -347,6 +347,18 @@ def forecast_loss(forecast_log1p: torch.Tensor, target_count: torch.Tensor) -> t
     return F.l1_loss(forecast_log1p, torch.log1p(target_count.float()))
 
 
+def share_loss(forecast_log1p: torch.Tensor, target_count: torch.Tensor) -> torch.Tensor:
+    """Listwise (ListNet-style) loss over rows of one boundary: the cross-entropy between each item's share of
+    the rows' true next-bucket total and the softmax of the log1p forecasts (about each forecast's share of
+    the forecast total, for counts well above 1). It scores the ranking, not the volume; 0 when no row had an
+    interaction."""
+    target = target_count.float()
+    total = target.sum()
+    if float(total) <= 0:
+        return forecast_log1p.sum() * 0.0
+    return -(target / total * F.log_softmax(forecast_log1p, dim=-1)).sum()
+
+
 def explanation_loss(model: TrailModel, h: torch.Tensor, labels: torch.Tensor,
                      copy: CopyContext | None = None) -> torch.Tensor:
     """Next-token cross-entropy on the explanation tokens only (labels -100 elsewhere), over the output

@@ -57,6 +57,16 @@ def cut_short_warning(steps_done: int, steps: int, max_minutes: float) -> str:
             "or fewer --steps.")
 
 
+def batch_rows(data: Examples, cfg: TrainConfig, rng: np.random.Generator) -> np.ndarray:
+    """The rows of one step: a random sample of all rows, or (with the listwise share loss, share_weight > 0)
+    of one random boundary's rows, so that the loss compares items competing for the same next bucket."""
+    if cfg.share_weight <= 0:
+        return rng.choice(len(data), size=cfg.batch_size, replace=False)
+    boundaries = np.unique(data.boundary)
+    at = np.flatnonzero(data.boundary == boundaries[rng.integers(len(boundaries))])
+    return rng.choice(at, size=min(cfg.batch_size, len(at)), replace=False)
+
+
 # --- validation ------------------------------------------------------------------------------------------------
 
 
@@ -206,7 +216,7 @@ def train(cfg: TrainConfig, out_dir: Path | None = None, progress: Progress | No
             break
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(training_progress(step, steps), cfg.warmup_frac)
-        rows = rng.choice(len(train_data), size=cfg.batch_size, replace=False)
+        rows = batch_rows(train_data, cfg, rng)
         losses = train_step(model, builder, train_data, rows, cfg, rng)
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()

@@ -35,6 +35,7 @@ class TrainConfig:
     encoder_grad: bool = False        # backpropagate the contrastive loss through the explanation encoder too
     output_vocab: str = "all"         # "all" tokens, or "rationales": only those the rationale templates write
     copy_path: bool = False           # a pointer over the prompt's tokens beside the vocabulary (needs rationales)
+    share_weight: float = 0.0         # > 0: each batch comes from one boundary, plus this x the listwise share loss
     forecast_base: str = "none"       # the head forecasts a log1p correction on top of "ema" / "reddit-decay"
     descriptor: bool = True           # rationale targets may name the item ("this 1995 action thriller")
     lora_r: int = 16

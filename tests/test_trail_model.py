@@ -385,3 +385,36 @@ def test_ranking_validation_averages_ndcg_over_boundaries() -> None:
     assert perfect == {"mae": 0.0, "item_ndcg@2": 1.0}
     reversed_ = ranking_validation(-truth, truth, boundary, k=2)
     assert reversed_["item_ndcg@2"] < 1.0 and reversed_["mae"] == pytest.approx(np.abs(2 * truth).mean(), abs=1e-4)
+
+
+# --- the listwise share loss (--share-weight) ----------------------------------------------------------------
+
+
+def test_share_loss_is_lowest_when_forecasts_match_the_true_shares() -> None:
+    from models.trail import share_loss
+
+    truth = torch.tensor([30.0, 10.0, 0.0, 60.0])
+    right = share_loss(torch.log(truth + 1e-6), truth)             # softmax(log count) = the true shares
+    wrong = share_loss(torch.log(truth.flip(0) + 1e-6), truth)
+    entropy = float(-(truth / truth.sum() * torch.log((truth / truth.sum()).clamp(min=1e-12))).sum())
+    assert float(right) == pytest.approx(entropy, abs=1e-4) and float(wrong) > float(right) + 1.0
+    # a common shift (the volume) does not change it: it scores the ranking only
+    assert float(share_loss(torch.log(truth + 1e-6) + 3.0, truth)) == pytest.approx(float(right), abs=1e-4)
+    assert float(share_loss(torch.zeros(3), torch.zeros(3))) == 0.0
+
+
+def test_share_batches_come_from_one_boundary_and_the_default_draw_is_unchanged() -> None:
+    from models.train import batch_rows
+    from models.train_config import TrainConfig
+    from models.train_examples import Examples
+
+    n = 60
+    data = Examples(features=np.zeros((n, 16), np.float32), signals=np.zeros((n, 7)), text_index=np.zeros(n, np.int64),
+                    targets=np.arange(n, dtype=np.float64), boundary=np.repeat([10, 11, 12], 20))
+    plain = TrainConfig.for_base("tiny", batch_size=8)
+    assert np.array_equal(batch_rows(data, plain, np.random.default_rng(0)),
+                          np.random.default_rng(0).choice(n, size=8, replace=False))
+    ranked = TrainConfig.for_base("tiny", batch_size=8, share_weight=0.5)
+    for seed in range(5):
+        rows = batch_rows(data, ranked, np.random.default_rng(seed))
+        assert len(rows) == 8 and len(set(rows)) == 8 and len(np.unique(data.boundary[rows])) == 1

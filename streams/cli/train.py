@@ -45,6 +45,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--forecast-base", choices=("none", "ema", "reddit-decay"), default=None,
                    help="forecast a log1p correction on top of this counting baseline instead of the count itself "
                    "(default none)")
+    p.add_argument("--share-weight", type=float, default=None,
+                   help="> 0: draw each batch from one boundary and add this weight x a listwise loss on each "
+                   "item's share of the batch's next-bucket total (default 0: off)")
     p.add_argument("--contrastive-weight", type=float, default=None, help="weight of the InfoNCE loss (0.5)")
     p.add_argument("--origins", dest="n_origins", type=int, default=None,
                    help="backtest origins kept out of training (default 50; match `trail backtest --origins`)")
@@ -80,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         contrastive_rows=args.contrastive_rows, lr=args.lr, head_lr=args.head_lr,
         contrastive_weight=args.contrastive_weight, explain_token_share=args.explain_token_share,
         output_vocab=args.output_vocab, copy_path=args.copy_path, forecast_base=args.forecast_base,
+        share_weight=args.share_weight,
         descriptor=False if args.no_descriptor else None,
         n_origins=args.n_origins, val_days=args.val_days,
         max_minutes=args.max_minutes, threads=args.threads, device=args.device,
