@@ -180,7 +180,7 @@ def test_tiny_training_makes_the_loss_fall(tiny_model, tokenizer) -> None:
         losses["total"].backward()
         optimizer.step()
         totals.append(float(losses["total"].detach()))
-        assert set(losses) == {"forecast", "explanation", "contrastive", "total"}
+        assert set(losses) == {"forecast", "share", "explanation", "contrastive", "total"}   # tiny: share on
     assert np.mean(totals[-5:]) < 0.7 * np.mean(totals[:5])
 
 
@@ -411,7 +411,7 @@ def test_share_batches_come_from_one_boundary_and_the_default_draw_is_unchanged(
     n = 60
     data = Examples(features=np.zeros((n, 16), np.float32), signals=np.zeros((n, 7)), text_index=np.zeros(n, np.int64),
                     targets=np.arange(n, dtype=np.float64), boundary=np.repeat([10, 11, 12], 20))
-    plain = TrainConfig.for_base("tiny", batch_size=8)
+    plain = TrainConfig.for_base("tiny", batch_size=8, share_weight=0.0)
     assert np.array_equal(batch_rows(data, plain, np.random.default_rng(0)),
                           np.random.default_rng(0).choice(n, size=8, replace=False))
     ranked = TrainConfig.for_base("tiny", batch_size=8, share_weight=0.5)

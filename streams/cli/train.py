@@ -47,7 +47,7 @@ def add_parser(subparsers) -> None:
                    "(default none)")
     p.add_argument("--share-weight", type=float, default=None,
                    help="> 0: draw each batch from one boundary and add this weight x a listwise loss on each "
-                   "item's share of the batch's next-bucket total (default 0: off)")
+                   "item's share of the batch's next-bucket total (default: tiny 0.5, smollm2 0 = off)")
     p.add_argument("--contrastive-weight", type=float, default=None, help="weight of the InfoNCE loss (0.5)")
     p.add_argument("--origins", dest="n_origins", type=int, default=None,
                    help="backtest origins kept out of training (default 50; match `trail backtest --origins`)")
