@@ -72,6 +72,8 @@ BASES = ("tiny", "smollm2")
 
 N_NUMERIC = 8  # numeric features per item besides the bucket counts (see numeric_features)
 MASKED_LOGIT = -1e9  # the logit of a token outside the output vocabulary: never chosen
+FORECAST_BASES = ("none", "ema", "reddit-decay")   # what the forecast head corrects (`base_forecast_log1p`)
+EMA_ALPHA = 0.5      # models.baselines.EMAScorer's default
 
 
 @dataclass
@@ -90,6 +92,7 @@ class TrailConfig:
     max_new_tokens: int = 64            # generation cap of an explanation
     output_ids: list[int] = field(default_factory=list)  # the generator's output vocabulary; empty: all tokens
     copy_path: bool = False             # a pointer over the context's tokens beside the vocabulary (needs output_ids)
+    forecast_base: str = "none"         # the head forecasts a log1p correction on top of this baseline (FORECAST_BASES)
     llama: dict = field(default_factory=dict)   # LlamaConfig.to_dict() of the language model
 
     @property
@@ -281,8 +284,16 @@ class TrailModel(nn.Module):
         return full.scatter(-1, self.output_ids.expand(*out.shape[:-1], -1), out)
 
     def forecast(self, features: torch.Tensor, text_vec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log1p next-bucket count [B], forecast hidden layer [B, head_hidden]) from features [B, F0]."""
-        return self.forecast_head(features, text_vec)
+        """(log1p next-bucket count [B], forecast hidden layer [B, head_hidden]) from features [B, F0].
+
+        With a `forecast_base`, the head's output is a correction added to the baseline's log1p forecast,
+        computed here from the same features: the torch scorer, the ONNX forecast graph (traced from this
+        method) and so the runtime all return the corrected log1p count.
+        """
+        log1p, h = self.forecast_head(features, text_vec)
+        if self.config.forecast_base != "none":
+            log1p = log1p + base_forecast_log1p(features, self.config.forecast_base, self.config.n_buckets)
+        return log1p, h
 
     # --- representations ------------------------------------------------------------------------------------
 
@@ -306,12 +317,46 @@ class TrailModel(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
 
+def base_forecast_log1p(features: torch.Tensor, kind: str, n_buckets: int) -> torch.Tensor:
+    """log1p of a counting baseline's forecast [B], from `numeric_features` rows [B, n_buckets + N_NUMERIC].
+
+    "ema": `models.baselines.EMAScorer` (alpha 0.5 over the window's buckets, the oldest seeding it), from the
+    log1p bucket counts; "reddit-decay": `models.baselines.RedditDecayScorer` with tau = one bucket, the
+    window's mean count times 10^(-age / bucket), from log1p(mean_count) and recency as a share of the window
+    (age / bucket = that share x n_buckets). exp/log rather than expm1/log1p: plain ONNX operators.
+    """
+    features = features.float()
+    if kind == "ema":
+        weights = [(1 - EMA_ALPHA) ** (n_buckets - 1)] + [EMA_ALPHA * (1 - EMA_ALPHA) ** age
+                                                          for age in range(n_buckets - 2, -1, -1)]
+        weights = torch.tensor(weights, dtype=torch.float32, device=features.device)   # a constant of the graph
+        count = ((torch.exp(features[:, :n_buckets]) - 1.0) * weights).sum(dim=-1)
+    elif kind == "reddit-decay":
+        mean_count = torch.exp(features[:, n_buckets + 5]) - 1.0
+        count = mean_count * torch.exp(features[:, n_buckets + 6] * (-n_buckets * math.log(10.0)))
+    else:
+        raise ValueError(f"forecast_base must be one of {FORECAST_BASES}, got {kind!r}")
+    return torch.log(1.0 + count.clamp(min=0.0))
+
+
 # --- losses ---------------------------------------------------------------------------------------------------
 
 
 def forecast_loss(forecast_log1p: torch.Tensor, target_count: torch.Tensor) -> torch.Tensor:
     """L1 on the log1p scale: its minimiser is the median count (log1p is monotone), the MAE-optimal point forecast."""
     return F.l1_loss(forecast_log1p, torch.log1p(target_count.float()))
+
+
+def share_loss(forecast_log1p: torch.Tensor, target_count: torch.Tensor) -> torch.Tensor:
+    """Listwise (ListNet-style) loss over rows of one boundary: the cross-entropy between each item's share of
+    the rows' true next-bucket total and the softmax of the log1p forecasts (about each forecast's share of
+    the forecast total, for counts well above 1). It scores the ranking, not the volume; 0 when no row had an
+    interaction."""
+    target = target_count.float()
+    total = target.sum()
+    if float(total) <= 0:
+        return forecast_log1p.sum() * 0.0
+    return -(target / total * F.log_softmax(forecast_log1p, dim=-1)).sum()
 
 
 def explanation_loss(model: TrailModel, h: torch.Tensor, labels: torch.Tensor,

@@ -21,9 +21,10 @@ import torch
 
 from models.faithfulness import check_explanation
 from models.features import SIGNAL_NAMES
+from models.metrics import item_ndcg_at_k
 from models.model_card import base_description, first_last_losses, render_model_card
 from models.rationales import evidence_text
-from models.trail import TrailConfig, build_model, load_tokenizer
+from models.trail import TrailConfig, base_forecast_log1p, build_model, load_tokenizer
 from models.trail_scorer import MODELS_DIR, TrailScorer, save_trail_model
 from models.train_config import TrainConfig
 from models.train_examples import Examples, build_examples, training_boundaries
@@ -56,7 +57,47 @@ def cut_short_warning(steps_done: int, steps: int, max_minutes: float) -> str:
             "or fewer --steps.")
 
 
+def batch_rows(data: Examples, cfg: TrainConfig, rng: np.random.Generator) -> np.ndarray:
+    """The rows of one step: a random sample of all rows, or (with the listwise share loss, share_weight > 0)
+    of one random boundary's rows, so that the loss compares items competing for the same next bucket."""
+    if cfg.share_weight <= 0:
+        return rng.choice(len(data), size=cfg.batch_size, replace=False)
+    boundaries = np.unique(data.boundary)
+    at = np.flatnonzero(data.boundary == boundaries[rng.integers(len(boundaries))])
+    return rng.choice(at, size=min(cfg.batch_size, len(at)), replace=False)
+
+
 # --- validation ------------------------------------------------------------------------------------------------
+
+
+def ranking_validation(forecast: np.ndarray, truth: np.ndarray, boundary: np.ndarray, k: int = 10) -> dict:
+    """MAE over all rows and item NDCG@k averaged over boundaries (as the backtest averages it over origins)."""
+    ndcg = [item_ndcg_at_k(forecast[boundary == b], truth[boundary == b], k) for b in np.unique(boundary)]
+    ndcg = [v for v in ndcg if not math.isnan(v)]
+    return {"mae": round(float(np.abs(forecast - truth).mean()), 4),
+            f"item_ndcg@{k}": round(float(np.mean(ndcg)), 4) if ndcg else None}
+
+
+def validation_baselines(val: Examples, n_buckets: int) -> dict[str, np.ndarray]:
+    """Count forecasts of the counting baselines that need no fit, from the validation rows' own features."""
+    features = torch.from_numpy(val.features)
+    out = {"recent-pop": val.signals[:, SIGNAL_NAMES.index("last_count")].astype(np.float64)}
+    for kind in ("ema", "reddit-decay"):
+        out[kind] = np.expm1(base_forecast_log1p(features, kind, n_buckets).double().numpy())
+    return out
+
+
+@torch.no_grad()
+def validate_ranking(scorer: TrailScorer, val: Examples) -> dict:
+    """Every validation row: the model's MAE and item NDCG@10 per boundary, beside the counting baselines'
+    on the same rows (what a lever is chosen on; the sampled `val_mae` below is the older figure)."""
+    rows = np.arange(len(val))
+    forecast = np.maximum(0.0, np.expm1(scorer.forecast_log1p(val.features, val.texts_of(rows))))
+    out = {"val_all_rows": int(len(val)), **{f"val_all_{k}": v for k, v in
+                                             ranking_validation(forecast, val.targets, val.boundary).items()}}
+    out["val_all_baselines"] = {name: ranking_validation(f, val.targets, val.boundary)
+                                for name, f in validation_baselines(val, scorer.config.n_buckets).items()}
+    return out
 
 
 @torch.no_grad()
@@ -72,6 +113,7 @@ def validate(scorer: TrailScorer, val: Examples, cfg: TrainConfig, bucket_s: int
     truth = sample.targets
     last = sample.signals[:, SIGNAL_NAMES.index("last_count")]
     out = {
+        **validate_ranking(scorer, val),
         "val_rows": int(len(sample)),
         "val_mae": float(np.abs(forecast - truth).mean()),
         "val_l1_log1p": float(np.abs(pred_log1p - np.log1p(truth)).mean()),
@@ -138,7 +180,8 @@ def train(cfg: TrainConfig, out_dir: Path | None = None, progress: Progress | No
 
     progress.on_phase("model", 1)
     tokenizer = load_tokenizer()
-    config = TrailConfig(base=cfg.base, n_buckets=spec.n_buckets, bucket_s=spec.bucket_s, copy_path=cfg.copy_path)
+    config = TrailConfig(base=cfg.base, n_buckets=spec.n_buckets, bucket_s=spec.bucket_s, copy_path=cfg.copy_path,
+                         forecast_base=cfg.forecast_base)
     if cfg.output_vocab == "rationales":
         config.output_ids = rationale_output_ids(tokenizer, spec.bucket_s)
     elif cfg.output_vocab != "all":
@@ -173,7 +216,7 @@ def train(cfg: TrainConfig, out_dir: Path | None = None, progress: Progress | No
             break
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(training_progress(step, steps), cfg.warmup_frac)
-        rows = rng.choice(len(train_data), size=cfg.batch_size, replace=False)
+        rows = batch_rows(train_data, cfg, rng)
         losses = train_step(model, builder, train_data, rows, cfg, rng)
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()

@@ -27,6 +27,7 @@ from models.trail import (
     info_nce,
     left_pad,
     positions_from_mask,
+    share_loss,
 )
 from models.train_config import TrainConfig
 from models.train_examples import Examples
@@ -120,7 +121,10 @@ def train_step(model: TrailModel, builder: StepBuilder, data: Examples, rows: np
     tx_ids, tx_mask = left_pad(builder.tokens.text_rows(list(unique_texts)))
     text_vec = model.read_text(tx_ids.to(dev), tx_mask.to(dev))[torch.from_numpy(text_of_row.reshape(-1)).to(dev)]
     forecast_log1p, h_forecast = model.forecast(torch.from_numpy(data.features[rows]).to(dev), text_vec)
-    losses = {"forecast": forecast_loss(forecast_log1p, torch.from_numpy(data.targets[rows]).to(dev))}
+    targets = torch.from_numpy(data.targets[rows]).to(dev)
+    losses = {"forecast": forecast_loss(forecast_log1p, targets)}
+    if cfg.share_weight > 0:   # the rows come from one boundary (models.train.batch_rows)
+        losses["share"] = share_loss(forecast_log1p, targets)
 
     n_text = max(cfg.explain_rows, cfg.contrastive_rows if cfg.contrastive else 0)
     text_rows = rows[:n_text]
@@ -152,7 +156,8 @@ def train_step(model: TrailModel, builder: StepBuilder, data: Examples, rows: np
         losses["contrastive"] = info_nce(model.forecast_representation(h_forecast[:k]), reps[:k],
                                          reps[k:].reshape(k, n_hard, -1), model.config.temperature)
 
-    losses["total"] = (losses["forecast"] + cfg.lm_weight * losses.get("explanation", 0.0)
+    losses["total"] = (losses["forecast"] + cfg.share_weight * losses.get("share", 0.0)
+                       + cfg.lm_weight * losses.get("explanation", 0.0)
                        + cfg.contrastive_weight * losses.get("contrastive", 0.0))
     return losses
 

@@ -236,3 +236,26 @@ def test_cli_reports_a_missing_bundle_in_one_line_with_exit_code_2(tmp_path, cap
     assert main(["bench", "score", "--bundle", str(tmp_path / "none"), "--json"]) == 2
     err = capsys.readouterr().err
     assert "trail bench: error: no TRAIL bundle at" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("kind", ["ema", "reddit-decay"])
+def test_a_forecast_base_is_inside_the_onnx_forecast_graph(kind, tmp_path):
+    """With --forecast-base the head forecasts a correction; the forecast graph adds the baseline itself, so the
+    runtime's log1p forecast equals torch's without any change to the serving path."""
+    import torch
+
+    from export.onnx_export import export_forecast_graph
+    from models.features import numeric_features
+    from models.trail import TrailConfig, build_model
+
+    model = build_model(TrailConfig(base="tiny", forecast_base=kind), seed=0).eval()
+    path = tmp_path / "forecast.onnx"
+    export_forecast_graph(model, path)
+    session, _ = create_session(path, providers="cpu", intra_op_threads=1)
+    b = synthetic_batch(32, seed=5)
+    features = numeric_features(b.bucket_counts, b.signals, b.spec.window_slots).astype(np.float32)
+    text_vec = np.random.default_rng(0).normal(size=(len(b), model.lm.config.hidden_size)).astype(np.float32)
+    (onnx_log1p,) = session.run(None, {"features": features, "text_vec": text_vec})
+    with torch.no_grad():
+        torch_log1p = model.forecast(torch.from_numpy(features), torch.from_numpy(text_vec))[0].numpy()
+    np.testing.assert_allclose(onnx_log1p, torch_log1p, rtol=1e-5, atol=1e-5)

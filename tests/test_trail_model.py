@@ -180,7 +180,7 @@ def test_tiny_training_makes_the_loss_fall(tiny_model, tokenizer) -> None:
         losses["total"].backward()
         optimizer.step()
         totals.append(float(losses["total"].detach()))
-        assert set(losses) == {"forecast", "explanation", "contrastive", "total"}
+        assert set(losses) == {"forecast", "share", "explanation", "contrastive", "total"}   # tiny: share on
     assert np.mean(totals[-5:]) < 0.7 * np.mean(totals[:5])
 
 
@@ -328,3 +328,93 @@ def test_copy_path_adds_the_pointer_mass_to_the_copied_token(copy_model) -> None
     expected[5] += scores[0].exp()   # position 2 holds token 5 too, but it may not be copied
     expected[9] += scores[1].exp()
     torch.testing.assert_close(mixed, expected.log(), atol=1e-5, rtol=1e-5)
+
+
+# --- forecasting a correction on top of a counting baseline (--forecast-base) --------------------------------
+
+
+def spread_batch() -> FeatureBatch:
+    """tiny_batch with last events 1, 10 and 20 slots before the boundary (reddit-decay's age), and a silent item."""
+    counts = np.array([[0, 1, 2, 3, 5, 8, 8, 12], [9, 9, 8, 7, 6, 5, 4, 3], [0, 0, 0, 0, 0, 0, 0, 1],
+                       [0, 0, 0, 0, 0, 0, 0, 0]])
+    return FeatureBatch(item_ids=["1", "2", "3", "4"], bucket_counts=counts,
+                        last_event_slot=np.array([99, 90, 80, -1]), boundary_slot=100, spec=SPEC)
+
+
+@pytest.mark.parametrize("kind", ["ema", "reddit-decay"])
+def test_forecast_base_reproduces_the_counting_baseline_from_the_model_features(kind) -> None:
+    from models.baselines import EMAScorer, RedditDecayScorer
+    from models.trail import base_forecast_log1p, numeric_features
+
+    batch = spread_batch()
+    expected = (EMAScorer() if kind == "ema" else RedditDecayScorer()).forecast(batch)
+    features = torch.from_numpy(numeric_features(batch.bucket_counts, batch.signals, SPEC.window_slots))
+    got = np.expm1(base_forecast_log1p(features, kind, SPEC.n_buckets).double().numpy())
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_an_unknown_forecast_base_fails_clearly() -> None:
+    from models.trail import base_forecast_log1p
+
+    with pytest.raises(ValueError, match="forecast_base must be one of"):
+        base_forecast_log1p(torch.zeros(1, 16), "gbr", 8)
+
+
+def test_a_forecast_base_model_adds_the_head_output_to_the_baseline() -> None:
+    """The same seed gives the same head; with a base, the forecast is the head's output + log1p(baseline)."""
+    from models.trail import TrailConfig, base_forecast_log1p, build_model, numeric_features
+
+    plain = build_model(TrailConfig(base="tiny"), seed=0)
+    based = build_model(TrailConfig(base="tiny", forecast_base="ema"), seed=0)
+    batch = spread_batch()
+    features = torch.from_numpy(numeric_features(batch.bucket_counts, batch.signals, SPEC.window_slots))
+    text_vec = torch.randn(len(batch), plain.lm.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        head, h_plain = plain.forecast(features, text_vec)
+        total, h_based = based.forecast(features, text_vec)
+    torch.testing.assert_close(total, head + base_forecast_log1p(features, "ema", SPEC.n_buckets))
+    torch.testing.assert_close(h_based, h_plain)
+
+
+def test_ranking_validation_averages_ndcg_over_boundaries() -> None:
+    from models.train import ranking_validation
+
+    truth = np.array([5.0, 1.0, 0.0, 3.0, 2.0, 1.0])
+    boundary = np.array([0, 0, 0, 1, 1, 1])
+    perfect = ranking_validation(truth, truth, boundary, k=2)
+    assert perfect == {"mae": 0.0, "item_ndcg@2": 1.0}
+    reversed_ = ranking_validation(-truth, truth, boundary, k=2)
+    assert reversed_["item_ndcg@2"] < 1.0 and reversed_["mae"] == pytest.approx(np.abs(2 * truth).mean(), abs=1e-4)
+
+
+# --- the listwise share loss (--share-weight) ----------------------------------------------------------------
+
+
+def test_share_loss_is_lowest_when_forecasts_match_the_true_shares() -> None:
+    from models.trail import share_loss
+
+    truth = torch.tensor([30.0, 10.0, 0.0, 60.0])
+    right = share_loss(torch.log(truth + 1e-6), truth)             # softmax(log count) = the true shares
+    wrong = share_loss(torch.log(truth.flip(0) + 1e-6), truth)
+    entropy = float(-(truth / truth.sum() * torch.log((truth / truth.sum()).clamp(min=1e-12))).sum())
+    assert float(right) == pytest.approx(entropy, abs=1e-4) and float(wrong) > float(right) + 1.0
+    # a common shift (the volume) does not change it: it scores the ranking only
+    assert float(share_loss(torch.log(truth + 1e-6) + 3.0, truth)) == pytest.approx(float(right), abs=1e-4)
+    assert float(share_loss(torch.zeros(3), torch.zeros(3))) == 0.0
+
+
+def test_share_batches_come_from_one_boundary_and_the_default_draw_is_unchanged() -> None:
+    from models.train import batch_rows
+    from models.train_config import TrainConfig
+    from models.train_examples import Examples
+
+    n = 60
+    data = Examples(features=np.zeros((n, 16), np.float32), signals=np.zeros((n, 7)), text_index=np.zeros(n, np.int64),
+                    targets=np.arange(n, dtype=np.float64), boundary=np.repeat([10, 11, 12], 20))
+    plain = TrainConfig.for_base("tiny", batch_size=8, share_weight=0.0)
+    assert np.array_equal(batch_rows(data, plain, np.random.default_rng(0)),
+                          np.random.default_rng(0).choice(n, size=8, replace=False))
+    ranked = TrainConfig.for_base("tiny", batch_size=8, share_weight=0.5)
+    for seed in range(5):
+        rows = batch_rows(data, ranked, np.random.default_rng(seed))
+        assert len(rows) == 8 and len(set(rows)) == 8 and len(np.unique(data.boundary[rows])) == 1

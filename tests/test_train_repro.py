@@ -62,3 +62,10 @@ def test_saved_weights_do_not_depend_on_the_metadata_order(tmp_path):
         sort_safetensors_metadata(paths[-1])
     assert paths[0].read_bytes() == paths[1].read_bytes()
     assert torch.equal(load_file(str(paths[0]))["a"], tensors["a"])
+
+
+def test_tiny_draws_one_boundary_per_batch_with_the_share_loss_by_default():
+    # docs/trail-model.md "Forecast levers (issue 13)": chosen on validation; smollm2 was not measured with it
+    assert TrainConfig.for_base("tiny").share_weight == 0.5
+    assert TrainConfig.for_base("tiny", share_weight=0.0).share_weight == 0.0
+    assert TrainConfig.for_base("smollm2").share_weight == 0.0

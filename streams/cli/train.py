@@ -42,6 +42,12 @@ def add_parser(subparsers) -> None:
                    "vocabulary (default: tiny on, smollm2 off; needs --output-vocab rationales)")
     p.add_argument("--no-descriptor", action="store_true",
                    help="rationale targets call the item 'it', never 'this 1995 action thriller'")
+    p.add_argument("--forecast-base", choices=("none", "ema", "reddit-decay"), default=None,
+                   help="forecast a log1p correction on top of this counting baseline instead of the count itself "
+                   "(default none)")
+    p.add_argument("--share-weight", type=float, default=None,
+                   help="> 0: draw each batch from one boundary and add this weight x a listwise loss on each "
+                   "item's share of the batch's next-bucket total (default: tiny 0.5, smollm2 0 = off)")
     p.add_argument("--contrastive-weight", type=float, default=None, help="weight of the InfoNCE loss (0.5)")
     p.add_argument("--origins", dest="n_origins", type=int, default=None,
                    help="backtest origins kept out of training (default 50; match `trail backtest --origins`)")
@@ -76,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, explain_rows=args.explain_rows,
         contrastive_rows=args.contrastive_rows, lr=args.lr, head_lr=args.head_lr,
         contrastive_weight=args.contrastive_weight, explain_token_share=args.explain_token_share,
-        output_vocab=args.output_vocab, copy_path=args.copy_path, descriptor=False if args.no_descriptor else None,
+        output_vocab=args.output_vocab, copy_path=args.copy_path, forecast_base=args.forecast_base,
+        share_weight=args.share_weight,
+        descriptor=False if args.no_descriptor else None,
         n_origins=args.n_origins, val_days=args.val_days,
         max_minutes=args.max_minutes, threads=args.threads, device=args.device,
     )
@@ -106,6 +114,11 @@ def run(args: argparse.Namespace) -> int:
     if "val_mae" in m:
         console.print(f"validation: MAE {m['val_mae']:.3f} (recent-pop {m['val_mae_recent_pop']:.3f}), "
                       f"faithfulness {m['val_faithfulness']:.3f}, direction {m['val_direction_consistency']:.3f}")
+    if "val_all_mae" in m:
+        best = m["val_all_baselines"]
+        console.print(f"validation, all {m['val_all_rows']} rows: MAE {m['val_all_mae']:.3f}, item NDCG@10 "
+                      f"{m['val_all_item_ndcg@10']:.3f}; " + ", ".join(
+                          f"{k} {v['mae']:.3f} / {v['item_ndcg@10']:.3f}" for k, v in best.items()))
     if args.json:
         print(json.dumps(card, indent=2))
     return 0
