@@ -19,16 +19,8 @@ from transformers import DynamicCache
 
 from models.prompts import EOS_ID, PromptTokens, numeric_prefix_inputs
 from models.rationales import N_TEMPLATES, evidence_text, rationale, vocabulary_texts, wrong_forecasts
-from models.trail import (
-    TrailConfig,
-    TrailModel,
-    explanation_loss,
-    forecast_loss,
-    info_nce,
-    left_pad,
-    positions_from_mask,
-    share_loss,
-)
+from models.trail import TrailConfig, TrailModel, left_pad, positions_from_mask
+from models.trail_losses import explanation_loss, forecast_loss, info_nce, share_loss
 from models.train_config import TrainConfig
 from models.train_examples import Examples
 from models.wording import TREND_PHRASES

@@ -74,7 +74,7 @@ def test_evidence_line_holds_the_forecast_and_its_direction() -> None:
 
 
 def test_contrastive_loss_prefers_the_true_pair() -> None:
-    from models.trail import info_nce
+    from models.trail_losses import info_nce
 
     torch.manual_seed(0)
     reps = torch.nn.functional.normalize(torch.randn(6, 16), dim=-1)
@@ -86,7 +86,7 @@ def test_contrastive_loss_prefers_the_true_pair() -> None:
 
 
 def test_forecast_loss_is_l1_on_log1p_counts() -> None:
-    from models.trail import forecast_loss
+    from models.trail_losses import forecast_loss
 
     loss = forecast_loss(torch.log1p(torch.tensor([3.0, 0.0])), torch.tensor([3.0, np.e - 1]))
     assert loss.item() == pytest.approx(0.5, abs=1e-5)
@@ -262,7 +262,8 @@ def test_a_restricted_generator_never_writes_a_token_outside_its_vocabulary(rati
 
 
 def test_an_explanation_target_outside_the_output_vocabulary_fails_clearly(rationale_ids) -> None:
-    from models.trail import TrailConfig, build_model, explanation_loss
+    from models.trail import TrailConfig, build_model
+    from models.trail_losses import explanation_loss
 
     model = build_model(TrailConfig(base="tiny", output_ids=rationale_ids), seed=0)
     h = torch.randn(1, 3, model.lm.config.hidden_size)
@@ -391,7 +392,7 @@ def test_ranking_validation_averages_ndcg_over_boundaries() -> None:
 
 
 def test_share_loss_is_lowest_when_forecasts_match_the_true_shares() -> None:
-    from models.trail import share_loss
+    from models.trail_losses import share_loss
 
     truth = torch.tensor([30.0, 10.0, 0.0, 60.0])
     right = share_loss(torch.log(truth + 1e-6), truth)             # softmax(log count) = the true shares
