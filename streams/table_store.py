@@ -2,7 +2,8 @@
 
 Owns every faust/aiokafka internal the worker's table writes need, so `streams.app` never touches them:
 the per-partition RocksDB handle, the aiokafka producer under faust's, record batches, and the
-persisted changelog offset.
+persisted changelog offset; also the consumer's committed offset of an input partition, which the idle
+declaration compares with the broker's end offset (`committed_next_offset`).
 
 A write (`TableWriter.commit`) is a dict of keys to values (None deletes) for one table partition. It
 goes to the changelog as one *group*: the records, then a group-end record whose value is the number
