@@ -7,6 +7,7 @@ records a partition holding 30 records reports 21 without the fix.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import socket
@@ -51,16 +52,26 @@ def no_fix():
     tansu_shim.uninstall_end_offset_fix()
 
 
+@contextlib.asynccontextmanager
+async def started_consumer(bootstrap: str):
+    """A faust app's consumer with its thread running (what a worker asks for changelog high-waters)."""
+    app = faust.App("tansu-shim-test", broker=f"kafka://{bootstrap}")
+    await app.consumer._thread.start()
+    try:
+        yield app.consumer
+    finally:
+        await app.consumer._thread.stop()
+
+
+async def end_offsets(consumer, topic: str) -> dict[int, int]:
+    highwaters = await consumer.highwaters(*(TP(topic, p) for p in range(3)))
+    return {tp.partition: offset for tp, offset in highwaters.items()}
+
+
 async def faust_highwaters(bootstrap: str, topic: str) -> dict[int, int]:
     """End offsets as a faust worker's consumer thread reports them (the changelog high-waters)."""
-    app = faust.App("tansu-shim-test", broker=f"kafka://{bootstrap}")
-    thread = app.consumer._thread
-    await thread.start()
-    try:
-        highwaters = await app.consumer.highwaters(*(TP(topic, p) for p in range(3)))
-    finally:
-        await thread.stop()
-    return {tp.partition: offset for tp, offset in highwaters.items()}
+    async with started_consumer(bootstrap) as consumer:
+        return await end_offsets(consumer, topic)
 
 
 def test_without_fix_tansu_end_offsets_are_wrong(broker, batched_topic, no_fix):
@@ -169,19 +180,12 @@ def test_the_kept_probe_reports_records_written_since_its_last_lookup(broker, ba
     tansu_shim.install_end_offset_fix()
 
     async def twice() -> tuple[dict[int, int], dict[int, int]]:
-        app = faust.App("tansu-shim-twice", broker=f"kafka://{broker}")
-        thread = app.consumer._thread
-        await thread.start()
-        try:
-            tps = [TP(batched_topic, p) for p in range(3)]
-            first = await app.consumer.highwaters(*tps)
+        async with started_consumer(broker) as consumer:
+            first = await end_offsets(consumer, batched_topic)
             producer = Producer({"bootstrap.servers": broker, "linger.ms": 0})
             for partition in (0, 2):
                 producer.produce(batched_topic, value=b"new", partition=partition)
             assert producer.flush(10) == 0
-            second = await app.consumer.highwaters(*tps)
-        finally:
-            await thread.stop()
-        return ({tp.partition: o for tp, o in first.items()}, {tp.partition: o for tp, o in second.items()})
+            return first, await end_offsets(consumer, batched_topic)
 
     assert asyncio.run(twice()) == ({0: 30, 1: 30, 2: 0}, {0: 31, 1: 30, 2: 1})
