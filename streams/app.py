@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import faust
+import orjson
 from faust.types import TP
 
 from infra.internal_auth import Headers, InternalKeys
@@ -271,6 +272,7 @@ class Pipeline(StageOne, MergeStep, StatusReporting):
             if self.states.get(partition) is not state:
                 return  # revoked while waiting: the new owner applies it (the offset was not committed)
             update = state.apply_deltas(source, watermark, columns, idle_end)
+            await self._publish_dlq(update)     # before the commit: a crash in between repeats, never loses
             await self.writer.commit(self.counts_table, partition, update.writes)
             state.accept(update)
             self._count(update)
@@ -283,6 +285,19 @@ class Pipeline(StageOne, MergeStep, StatusReporting):
                 self.last_input_at[partition] = time.monotonic()
         for job in due:  # outside the lock: run_scoring takes it to commit, and a full queue waits for that
             await self.score_queue.put(job)
+
+    async def _publish_dlq(self, update: StateUpdate) -> None:
+        """Publish the DLQ records of bad input that this partition owns and has not published yet."""
+        if not update.dlq_records:
+            return
+        producer = self.app.producer
+        sends = [await producer.send(self.config.topics.dlq, None, orjson.dumps(record), None, None, None)
+                 for record in update.dlq_records]
+        await asyncio.gather(*sends)
+        self.counters.dlq += len(update.dlq_records)
+        for record in update.dlq_records:
+            code = str(record.get("reason_code", ""))
+            self.counters.dlq_by_reason[code] = self.counters.dlq_by_reason.get(code, 0) + 1
 
     def _count(self, update: StateUpdate) -> None:
         self.counters.counted += update.applied_events

@@ -54,7 +54,8 @@ def add_bench_parser(benches) -> None:
     parser.add_argument("--timeout-s", type=float, default=600, help="per run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-quix", action="store_true", help="do not run the Quix Streams peer")
-    parser.add_argument("--batch-drain", action="store_true", help="run TRAIL's workers with --batch-drain")
+    parser.add_argument("--batch-drain", action=argparse.BooleanOptionalAction, default=None,
+                        help="run TRAIL's workers with --batch-drain or --no-batch-drain (default: the worker's)")
     parser.add_argument("--batch-max-messages", type=int, default=None,
                         help="run TRAIL's workers with this --batch-max-messages (default: the worker's)")
     parser.add_argument("--json", action="store_true", help="(the output is always one JSON object)")
@@ -348,7 +349,8 @@ def measure_peer(args: argparse.Namespace) -> dict:
 
 
 def worker_args(args: argparse.Namespace) -> tuple[str, ...]:
-    extra: tuple[str, ...] = ("--batch-drain",) if args.batch_drain else ()
+    extra: tuple[str, ...] = () if args.batch_drain is None else \
+        (("--batch-drain",) if args.batch_drain else ("--no-batch-drain",))
     if args.batch_max_messages:
         extra += ("--batch-max-messages", str(args.batch_max_messages))
     return extra

@@ -33,9 +33,9 @@ class WorkerConfig:
     max_candidates: int = 10_000             # items per partition a step considers (heavy hitters)
     data_dir: Path = Path("artifacts/worker")
     internal_key_file: Path | None = None    # internal-message keys (infra.internal_auth); None: env, else default
-    batch_max_messages: int = 5000
+    batch_max_messages: int = 20_000
     batch_within_s: float = 0.25
-    batch_drain: bool = False                # opt-in: one flow-control wait per fetched batch (streams.batch_drain)
+    batch_drain: bool = True                 # one flow-control wait per fetched batch (streams.batch_drain)
     dedup_capacity: int = 1_000_000          # recent event ids remembered per worker (bounded memory)
     min_ts_ms: int = MIN_TS_MS               # earlier event times are rejected (2000-01-01)
     max_future_s: int = 86_400               # events this far beyond wall-clock time are rejected

@@ -5,7 +5,9 @@ message per (source partition, target partition) per batch to the internal delta
 item's partition; the owner of that partition adds them to its table (stage 2, `streams.state`). Entries
 keep the source offset of the message they came from, so stage 2 can skip re-delivered input exactly.
 Every deltas message also carries the source partition's max event time, which is how the watermark
-reaches partitions that received no entries. Pure: no Kafka I/O here.
+reaches partitions that received no entries. Rejected input travels the same way: the DLQ records of a
+source partition go, in offset order, to one target partition (`rejections_target`), whose owner publishes
+each once (a re-read after a crash is skipped like re-delivered deltas). Pure: no Kafka I/O here.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class DeltaColumns:
     slots: list[int] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
     event_ids: list[str | None] = field(default_factory=list)   # one per entry (None: aggregated), or empty
+    rejected: list[tuple[int, dict]] = field(default_factory=list)  # (source offset, DLQ record v1), by offset
 
     def append(self, offset: int, item_id: str, slot: int, count: int, event_id: str | None) -> None:
         self.offsets.append(offset)
@@ -144,6 +147,31 @@ def encode_deltas(source: int, watermark_ms: int, columns: DeltaColumns | None) 
     return messages
 
 
+def rejections_target(source: int, n_partitions: int) -> int:
+    """The target partition whose owner publishes a source partition's DLQ records (one, so they stay in order)."""
+    return source % n_partitions
+
+
+def encode_rejections(source: int, watermark_ms: int, rejected: list[tuple[int, bytes]]) -> list[bytes]:
+    """Deltas messages carrying DLQ records `(source offset, record JSON)` of one source, in offset order, split
+    near MAX_DELTAS_BYTES but never inside one source offset (the owner guards whole source messages)."""
+    messages, part, size = [], [], 0
+    for k, (offset, record) in enumerate(rejected):
+        if part and size > MAX_DELTAS_BYTES and offset != rejected[k - 1][0]:
+            messages.append(_encode_rejected_part(source, watermark_ms, part))
+            part, size = [], 0
+        part.append((offset, record))
+        size += len(record) + _ENTRY_OVERHEAD_BYTES
+    if part:
+        messages.append(_encode_rejected_part(source, watermark_ms, part))
+    return messages
+
+
+def _encode_rejected_part(source: int, watermark_ms: int, part: list[tuple[int, bytes]]) -> bytes:
+    rows = b",".join(b"[%d,%s]" % (offset, record) for offset, record in part)
+    return b'{"src":%d,"wm":%d,"r":[%s]}' % (source, watermark_ms, rows)
+
+
 def encode_idle(source: int, watermark_ms: int, end_offset: int) -> bytes:
     """A deltas message declaring `source` idle: its reader has read all of it, up to `end_offset` (the
     partition's end offset then), and heard nothing new. Idle holds only while that end offset stands."""
@@ -180,9 +208,26 @@ def decode_deltas(value: bytes | None, n_sources: int, max_ts_ms: int) -> tuple[
     if idle and (type(idle_end) is not int or not 0 <= idle_end < MAX_OFFSET):
         raise InvalidInternalMessage(f"an idle declaration needs the source's end offset, got {idle_end!r}")
     columns = DeltaColumns(body.get("o", []), body.get("i", []), body.get("s", []), body.get("c", []),
-                           body.get("e", []))
+                           body.get("e", []), _decode_rejected(body))
     _check_columns(columns, max_ts_ms)
     return source, watermark, columns, idle_end if idle else None
+
+
+def _decode_rejected(body: dict) -> list[tuple[int, dict]]:
+    rejected = body.get("r", [])
+    if rejected and ("o" in body or body.get("idle")):
+        raise InvalidInternalMessage("deltas DLQ records travel in a message of their own")
+    if not isinstance(rejected, list):
+        raise InvalidInternalMessage("deltas DLQ records must be a list")
+    rows = []
+    for row in rejected:
+        if not (isinstance(row, list) and len(row) == 2 and type(row[0]) is int and 0 <= row[0] < MAX_OFFSET
+                and isinstance(row[1], dict)):
+            raise InvalidInternalMessage("a deltas DLQ row must be [source offset in [0, 2^53), DLQ record object]")
+        rows.append((row[0], row[1]))
+    if any(b[0] < a[0] for a, b in zip(rows, rows[1:], strict=False)):
+        raise InvalidInternalMessage("deltas DLQ record offsets must not decrease")
+    return rows
 
 
 def _check_columns(columns: DeltaColumns, max_ts_ms: int) -> None:

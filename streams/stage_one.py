@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from streams.deltas import encode_deltas, encode_idle
+from streams.deltas import encode_deltas, encode_idle, encode_rejections, rejections_target
 from streams.events import dlq_record, latest_acceptable_ts_ms
 from streams.table_store import committed_next_offset
 
@@ -26,25 +26,35 @@ class StageOne:
             self.source_heard_at[source] = now
             self.idle_declared.pop(source, None)
         batch = self.router.route(messages, latest_acceptable_ts_ms(self.config.max_future_s), self.config.min_ts_ms)
-        producer = self.app.producer
         sends = []
-        for source, offset, rejection in batch.rejections:
-            record = dlq_record(rejection, self.config.topics.clicks, source, offset)
-            sends.append(await producer.send(self.config.topics.dlq, None, record, None, None, None))
         for source, watermark in batch.watermarks.items():
             for target in range(self.config.partitions):
                 for value in encode_deltas(source, watermark, batch.deltas.get((source, target))):
-                    headers = self.internal_keys.headers(self.config.deltas_topic, target, None, value)
-                    sends.append(await producer.send(self.config.deltas_topic, None, value, target, None, headers))
+                    sends.append(await self._send_deltas(target, value))
+        for source, rejected in self._dlq_records(batch).items():
+            # after the source's deltas: this message's watermark must not reach its target before them
+            target = rejections_target(source, self.config.partitions)
+            for value in encode_rejections(source, batch.watermarks[source], rejected):
+                sends.append(await self._send_deltas(target, value))
         await asyncio.gather(*sends)
         for source, offset, _ in messages:
             if offset >= self.source_read_upto.get(source, 0):
                 self.source_read_upto[source] = offset + 1
         self.counters.events += batch.events
-        self.counters.dlq += len(batch.rejections)
-        for _source, _offset, rejection in batch.rejections:
-            self.counters.dlq_by_reason[rejection.code] = self.counters.dlq_by_reason.get(rejection.code, 0) + 1
         self.counters.duplicates += batch.duplicates
+
+    async def _send_deltas(self, target: int, value: bytes):
+        headers = self.internal_keys.headers(self.config.deltas_topic, target, None, value)
+        return await self.app.producer.send(self.config.deltas_topic, None, value, target, None, headers)
+
+    def _dlq_records(self, batch) -> dict[int, list[tuple[int, bytes]]]:
+        """Source partition -> its rejected input as (offset, DLQ record), in offset order. The owner of
+        `rejections_target(source)` publishes them, once (`PartitionState` guards them like deltas)."""
+        by_source: dict[int, list[tuple[int, bytes]]] = {}
+        for source, offset, rejection in batch.rejections:
+            record = dlq_record(rejection, self.config.topics.clicks, source, offset)
+            by_source.setdefault(source, []).append((offset, record))
+        return by_source
 
     async def declare_idle_sources(self) -> None:
         """Declare idle every input partition this worker reads that it has processed to its end and that sent

@@ -5,6 +5,9 @@ Keys in the partition's RocksDB database (and its changelog):
 - ``m:applied:<input incarnation>:<source partition>`` -> the last source offset whose deltas are in the
   rings, so re-delivered deltas (after a crash, before the offset commit) are skipped, not counted twice;
   kept per incarnation of the input topic (its topic id), so a re-created topic is counted from offset 0;
+- ``m:dlq:<input incarnation>:<source partition>`` -> the last source offset whose DLQ records this partition
+  published (it owns the DLQ records of the sources `streams.deltas.rejections_target` maps to it), so a
+  bad message re-read after a crash is not published twice;
 - ``m:geometry`` -> the window geometry the rings were built with; another one is refused;
 - ``e:<event_id>`` -> the slot of a counted event that carried an id: a repeat of the id is dropped as a
   duplicate, whichever worker read it and across restarts, while that slot is in the window (the ids are
@@ -38,6 +41,7 @@ from streams.heavy_hitters import HeavyHitters
 
 RING_PREFIX = b"i:"
 APPLIED_PREFIX = b"m:applied:"
+DLQ_PREFIX = b"m:dlq:"
 WATERMARK_PREFIX = b"m:wm:"
 NEXT_BOUNDARY_KEY = b"m:next"
 EVENT_ID_PREFIX = b"e:"
@@ -63,6 +67,8 @@ class StateUpdate:
     late_events: int = 0           # counted, but their slot was already scored (or older than the window)
     source_max_ts_ms: int | None = None
     applied_offset: int | None = None
+    dlq_records: list[dict] = field(default_factory=list)   # to publish before the writes are committed
+    dlq_offset: int | None = None
     first_boundary: int | None = None
     max_data_slot: int | None = None
     hitter_items: list[str] = field(default_factory=list)
@@ -94,11 +100,13 @@ class PartitionState:
                  input_incarnation: str = "") -> None:
         self.partition = partition
         self.applied_prefix = APPLIED_PREFIX + input_incarnation.encode() + b":"
+        self.dlq_prefix = DLQ_PREFIX + input_incarnation.encode() + b":"
         self.geometry = f"{spec.slot_s}/{spec.bucket_s}/{spec.n_buckets}".encode()
         self.db = db
         self.spec = spec
         self.n_sources = n_sources
         self.applied: dict[int, int] = {}
+        self.dlq_published: dict[int, int] = {}   # source -> last source offset whose DLQ records went out
         self.source_max_ts_ms: dict[int, int] = {}
         self.idle_sources: dict[int, int] = {}    # declared idle by their reader (-> end offset then), until
                                                   # they send again or their end offset moves (`confirm_idle`)
@@ -124,6 +132,9 @@ class PartitionState:
             applied = self._stored_int(self.applied_prefix + str(source).encode())
             if applied is not None:
                 self.applied[source] = applied
+            published = self._stored_int(self.dlq_prefix + str(source).encode())
+            if published is not None:
+                self.dlq_published[source] = published
             watermark = self._stored_int(WATERMARK_PREFIX + str(source).encode())
             if watermark is not None:
                 self.source_max_ts_ms[source] = watermark
@@ -153,6 +164,8 @@ class PartitionState:
         if watermark_ms > self.source_max_ts_ms.get(source, -1):
             update.source_max_ts_ms = watermark_ms
             update.writes[WATERMARK_PREFIX + str(source).encode()] = str(watermark_ms).encode()
+        if columns.rejected:
+            self._dlq_records(source, columns.rejected, update)
         if not columns.offsets:
             return update
         offsets = np.asarray(columns.offsets, dtype=np.int64)
@@ -180,6 +193,14 @@ class PartitionState:
         update.max_data_slot = int(slots.max())
         update.writes.update(self._merged_rings(items, slots, counts, update))
         return update
+
+    def _dlq_records(self, source: int, rejected: list[tuple[int, dict]], update: StateUpdate) -> None:
+        """The DLQ records of source offsets not yet published (a re-read after a crash publishes nothing)."""
+        published = self.dlq_published.get(source, -1)
+        update.dlq_records = [record for offset, record in rejected if offset > published]
+        if update.dlq_records:
+            update.dlq_offset = rejected[-1][0]
+            update.writes[self.dlq_prefix + str(source).encode()] = str(update.dlq_offset).encode()
 
     def _first_sightings(self, event_ids: np.ndarray, slots: np.ndarray, update: StateUpdate) -> np.ndarray:
         """Mask of the entries to count: those without an id, and the first sighting of each id."""
@@ -214,6 +235,8 @@ class PartitionState:
             self.source_max_ts_ms[update.source] = update.source_max_ts_ms
         if update.applied_offset is not None:
             self.applied[update.source] = update.applied_offset
+        if update.dlq_offset is not None:
+            self.dlq_published[update.source] = update.dlq_offset
         if update.first_boundary is not None:
             self.next_boundary = self.committed_next = update.first_boundary
         if update.max_data_slot is not None:

@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 
 from models.windows import WindowSpec
 from schemas import CLICK_EVENT_V1, DLQ_RECORD_V1, ValidationError, validator
-from streams.deltas import DeltaColumns, DeltaRouter, InvalidInternalMessage, decode_deltas, encode_deltas
+from streams.deltas import (
+    DeltaColumns,
+    DeltaRouter,
+    InvalidInternalMessage,
+    decode_deltas,
+    encode_deltas,
+    encode_rejections,
+)
 from streams.events import (
     MAX_DLQ_ORIGINAL_BYTES,
     MAX_MESSAGE_BYTES,
@@ -170,6 +177,11 @@ def test_arbitrary_json_as_a_deltas_message_is_applied_only_if_well_formed(body)
     {"src": 0, "wm": 1.5},
     {"src": 0, "wm": NOW_MS, "idle": True},                 # idle without the end offset it holds for
     {"src": 0, "wm": NOW_MS, "idle": True, "end": 10**18},
+    {"src": 0, "wm": NOW_MS, "r": [[5, {"reason_code": "schema"}], [4, {"reason_code": "schema"}]]},
+    {"src": 0, "wm": NOW_MS, "r": [[-1, {"reason_code": "schema"}]]},
+    {"src": 0, "wm": NOW_MS, "r": [[1, "not a record"]]},
+    {"src": 0, "wm": NOW_MS, "r": {"1": {}}},
+    {"src": 0, "wm": NOW_MS, "o": [1], "i": ["a"], "s": [1], "c": [1], "r": [[1, {}]]},
 ])
 def test_forged_deltas_messages_are_refused(forged):
     with pytest.raises(InvalidInternalMessage):
@@ -223,3 +235,12 @@ def test_the_plain_python_check_accepts_only_what_the_schema_accepts(obj):
         assert schema_accepts(obj), obj
     if schema_accepts(obj) and isinstance(obj, dict) and type(obj.get("ts")) is int:
         assert plainly_valid(obj), obj   # and misses none of the ordinary ones (else it would be no fast path)
+
+
+def test_dlq_records_are_split_at_source_offsets_and_decode_to_the_same_records():
+    rejected = [(k // 3, orjson.dumps({"offset": k // 3, "k": k, "original": "x" * 20_000})) for k in range(90)]
+    messages = encode_rejections(2, NOW_MS, rejected)
+    parts = [decode_deltas(m, 4, MAX_TS_MS)[2].rejected for m in messages]
+    assert len(messages) > 1 and all(len(m) < 2 * 512 * 1024 for m in messages)
+    assert [(o, orjson.dumps(r)) for part in parts for (o, r) in part] == rejected
+    assert all(p[-1][0] < q[0][0] for p, q in zip(parts, parts[1:], strict=False))

@@ -257,3 +257,15 @@ def test_an_idle_source_still_at_its_end_offset_lets_the_watermark_move(tmp_path
     apply(state, db, 0, 40 * 60_000, DeltaColumns([2], ["a"], [39], [1]))
     state.confirm_idle({})                       # end offsets unknown (broker unreachable): not idle
     assert state.watermark_slot() == 29
+
+
+def test_dlq_records_are_published_once_across_a_re_read_and_a_rebuild(tmp_path):
+    db = open_db(tmp_path / "p0")
+    state = PartitionState(0, db, SPEC, n_sources=2)
+    first = DeltaColumns(rejected=[(3, {"offset": 3}), (3, {"offset": 3, "index": 1}), (7, {"offset": 7})])
+    assert [r["offset"] for r in apply(state, db, 1, 0, first).dlq_records] == [3, 3, 7]
+    assert apply(state, db, 1, 0, first).dlq_records == []          # the reader re-read them after a crash
+    rebuilt = PartitionState(0, db, SPEC, n_sources=2)
+    again = DeltaColumns(rejected=[(7, {"offset": 7}), (9, {"offset": 9})])
+    assert [r["offset"] for r in apply(rebuilt, db, 1, 0, again).dlq_records] == [9]
+    assert apply(rebuilt, db, 0, 0, DeltaColumns(rejected=[(7, {"offset": 7})])).dlq_records != []  # per source

@@ -68,9 +68,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--app-id", default=WorkerConfig.app_id, help="consumer group / internal topic prefix")
     parser.add_argument("--batch-max-messages", type=int, default=WorkerConfig.batch_max_messages,
                         help="clicks messages per stage-1 batch (at most; a batch also ends after 0.25 s)")
-    parser.add_argument("--batch-drain", action="store_true",
-                        help="experimental: one flow-control wait per fetched batch instead of faust's one per "
-                             "message (streams/batch_drain.py; ~2x single-event ingest)")
+    parser.add_argument("--batch-drain", action=argparse.BooleanOptionalAction, default=WorkerConfig.batch_drain,
+                        help="one flow-control wait per fetched batch instead of faust's one per message "
+                             "(streams/batch_drain.py; ~2x single-event ingest); --no-batch-drain: faust's loop")
     parser.add_argument("--idle-flush-s", type=float, default=WorkerConfig.idle_flush_s,
                         help="if > 0, after this many seconds without input score up to the latest event")
     parser.add_argument("--max-future-s", type=int, default=WorkerConfig.max_future_s,
