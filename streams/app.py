@@ -310,9 +310,11 @@ class Pipeline(StageOne, MergeStep, StatusReporting):
     async def due_jobs(self, state: PartitionState, idle: bool) -> list[ScoringJob]:
         """`snapshot_due`, once every source declared idle that the watermark's advance relies on is checked
         against its end offset now (called with the partition's lock held)."""
-        if state.advance_relies_on_idle():
+        if (idle and state.every_source_idle()) or state.advance_relies_on_idle():
             await self.confirm_idle(state)
-        return self.snapshot_due(state, idle)
+        # the idle flush closes what the data reached only once every input partition is read to its end:
+        # a reader busy with a backlog (a restart, a large batch) is not a quiet stream
+        return self.snapshot_due(state, idle and state.every_source_idle())
 
     async def confirm_idle(self, state: PartitionState) -> None:
         """Ask the broker for the idle sources' end offsets; any that moved (or cannot be read) is not idle."""

@@ -42,7 +42,8 @@ class WorkerConfig:
     source_idle_timeout_s: float = 10.0      # a source partition this quiet (wall clock) stops holding the watermark
     recovery_stall_s: float = 60.0           # recovery without progress this long is logged as stalled
     recovery_give_up_s: float = 300.0        # ... and this long stops the worker (exit 70) for a restart; 0: never
-    idle_flush_s: float = 0.0                # >0: after this long with no input, score what the max seen time allows
+    idle_flush_s: float = 0.0                # >0: once no input for this long and every input partition is read to
+                                             # its end (all declared idle), score what the max seen time allows
     scorer: str = "velocity"                 # "velocity" or a TRAIL bundle NAME|DIR
     scorer_sha256: str | None = None         # the approved bundle's manifest sha256; any other is refused
     step_budget_s: float = 5.0               # a model step slower than this falls back to the baseline
@@ -53,6 +54,14 @@ class WorkerConfig:
     log_level: str = "info"
     metrics_port: int = 0                    # >0: /metrics, /healthz, /readyz and the live page on this port
     metrics_host: str = "127.0.0.1"
+
+    @property
+    def idle_declare_after_s(self) -> float:
+        """How long an input partition must be silent (and read to its end) before its reader declares it idle:
+        --source-idle-timeout-s, or --idle-flush-s when shorter (the idle flush waits for every partition's
+        declaration); 0: never."""
+        positive = [s for s in (self.source_idle_timeout_s, self.idle_flush_s) if s > 0]
+        return min(positive) if positive else 0.0
 
     @property
     def table_name(self) -> str:

@@ -66,7 +66,7 @@ class StageOne:
         of the broker now. The consumer's cached highwater and position are not enough: faust fetches ahead
         of the agent, and a new owner declared a backlog idle before reading it (its events then came late).
         """
-        timeout_s = self.config.source_idle_timeout_s
+        timeout_s = self.config.idle_declare_after_s
         if timeout_s <= 0:
             return
         now = time.monotonic()

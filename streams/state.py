@@ -308,6 +308,10 @@ class PartitionState:
             return None
         return self.spec.watermark_slot(min(self.source_max_ts_ms[s] for s in sources))
 
+    def every_source_idle(self) -> bool:
+        """Whether every source partition is declared idle (read to its end offset and silent)."""
+        return len(self.idle_sources) == self.n_sources
+
     def advance_relies_on_idle(self) -> bool:
         """Whether the watermark would now move past the last one only because some source is idle: the
         caller must first `confirm_idle` with the sources' end offsets as they are now."""

@@ -113,11 +113,20 @@ def test_sigkilled_worker_restarts_without_losing_or_double_counting(make_replay
     worker = replay.start_worker()
     replay.wait_assigned()
     chunks = [events[i:i + 3000] for i in range(0, len(events), 3000)]
-    producing = threading.Thread(target=lambda: [replay.produce(c, envelope=10) or time.sleep(0.4) for c in chunks])
+    killed = threading.Event()
+
+    def produce_all() -> None:
+        for k, chunk in enumerate(chunks):
+            if k == 10:   # the second half waits for the kill, so the kill is mid-stream however slow the worker
+                killed.wait(150)
+            replay.produce(chunk, envelope=10)
+            time.sleep(0.4)
+
+    producing = threading.Thread(target=produce_all)
     producing.start()
     worker.wait_for(lambda s: s.get("counted", 0) >= 15_000, 120, "15,000 counted")
     worker.kill()
-    assert producing.is_alive(), "killed after the stream ended: nothing mid-stream tested"
+    killed.set()
     replay.start_worker()  # same worker id and data dir: local RocksDB + changelog recovery
     producing.join()
     records = wait_for_step(replay, last_step_end(events), timeout_s=180)

@@ -72,7 +72,9 @@ def add_parser(subparsers) -> None:
                         help="one flow-control wait per fetched batch instead of faust's one per message "
                              "(streams/batch_drain.py; ~2x single-event ingest); --no-batch-drain: faust's loop")
     parser.add_argument("--idle-flush-s", type=float, default=WorkerConfig.idle_flush_s,
-                        help="if > 0, after this many seconds without input score up to the latest event")
+                        help="if > 0, once a partition has had no input for this many seconds and every input "
+                        "partition is read to its end, score up to the latest event (readers then declare a "
+                        "silent partition idle after this long, if shorter than --source-idle-timeout-s)")
     parser.add_argument("--max-future-s", type=int, default=WorkerConfig.max_future_s,
                         help="reject events whose time is this far beyond the wall clock")
     parser.add_argument("--min-event-time", type=event_time_ms, default=WorkerConfig.min_ts_ms, metavar="DATE|MS",
