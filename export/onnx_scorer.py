@@ -66,9 +66,9 @@ class BundleScorer:
     def text_vectors(self, texts: list[str]) -> np.ndarray:
         return self.runtime.text_vectors(texts, self.tokens.text_rows, self.forecast_chunk)
 
-    def prepare_texts(self, texts: list[str]) -> int:
-        """Read the texts without a vector ahead of any step; how many were read."""
-        return self.runtime.prepare_texts(texts, self.tokens.text_rows, self.forecast_chunk)
+    def prepare_texts(self, texts: list[str], limit: int | None = None) -> tuple[int, list[str]]:
+        """Read at most `limit` texts without a vector, ahead of any step: (read, texts still without one)."""
+        return self.runtime.prepare_texts(texts, self.tokens.text_rows, self.forecast_chunk, limit)
 
     def attach_vector_store(self, store: StoredVectors) -> int:
         """Keep text vectors in `store` (this bundle's key) and seed it with the bundle's catalogue vectors;

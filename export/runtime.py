@@ -208,20 +208,21 @@ class TrailRuntime:
                 found[i] = vec
         return np.stack(found)
 
-    def prepare_texts(self, texts: list[str], text_rows, chunk: int = 256) -> int:
-        """Read the texts that have no vector yet, ahead of any step (into the store, or into memory without
-        one); returns how many were read. Runs in the scorer's thread, like a step."""
+    def prepare_texts(self, texts: list[str], text_rows, chunk: int = 256,
+                      limit: int | None = None) -> tuple[int, list[str]]:
+        """Read at most `limit` of the texts without a vector yet, ahead of any step (into the store, or into
+        memory without one): (how many were read, the texts still without a vector). Looking a text up is
+        cheap and reading it is not, so the limit counts reads only. Runs in the scorer's thread, like a step."""
         missing = self.text_cache.missing(texts)
-        if self.vector_store is None:
-            if missing:
-                self.text_cache.put(missing, self.read_texts(text_rows(missing), chunk))
-            self.texts_read_ahead += len(missing)
-            return len(missing)
-        _, unread = self._look_up(missing)
-        if unread:   # stored, not cached: a catalogue larger than the cache must not evict the step's items
-            self._read_and_store([missing[i] for i in unread], text_rows, chunk)
-        self.texts_read_ahead += len(unread)
-        return len(unread)
+        _, unread_at = self._look_up(missing)
+        unread = [missing[i] for i in unread_at]
+        now, later = (unread, []) if limit is None else (unread[:limit], unread[limit:])
+        if now and self.vector_store is None:
+            self.text_cache.put(now, self.read_texts(text_rows(now), chunk))
+        elif now:   # stored, not cached: a catalogue larger than the cache must not evict the step's items
+            self._read_and_store(now, text_rows, chunk)
+        self.texts_read_ahead += len(now)
+        return len(now), later
 
     def _look_up(self, texts: list[str]) -> tuple[list[np.ndarray | None], list[int]]:
         """(stored vector or None per text, indexes of the texts without one)."""

@@ -9,10 +9,9 @@ in place. With a pin (`scorer_sha256`, the manifest sha256 `trail export` prints
 refused: at start by raising `export.bundle.BundlePinError` (the worker exits), on reload with an error in
 the log.
 
-No cold start: catalogue texts handed to `offer_texts` as their records arrive are read through the text
-graph in the background (`prepare_texts`: a bounded queue, batches sized to take about `prepare_batch_s`
-each, in the scorer's one thread, so a step waits for at most one batch), into the worker's text vector store on disk
-(`export.text_vector_store`, ``vector_dir``) that every step looks up before reading a text; a bundle
+No cold start: catalogue texts handed to `offer_texts` as their records arrive are read in the background
+(`streams.text_read_ahead`, in the scorer's one thread) into the worker's text vector store on disk
+(`export.text_vector_store`, ``vector_dir``), which every step looks up before reading a text; a bundle
 with catalogue vectors seeds that store when it is loaded. No Kafka I/O and no window logic here.
 """
 
@@ -29,6 +28,7 @@ import numpy as np
 from export.bundle import MANIFEST, BundlePinError, parse_sha256, resolve_bundle_dir
 from models.features import FeatureBatch
 from models.scoring import Scorer, VelocityScorer
+from streams.text_read_ahead import TextReadAhead
 
 log = logging.getLogger("trail.scorer")
 BASELINE_NAMES = ("velocity", "baseline")
@@ -88,15 +88,7 @@ class ScorerRuntime:
         self._checked_at = 0.0
         self._reload: asyncio.Future | None = None
         self.vector_store = open_vector_store(vector_dir) if self.uses_model else None
-        # texts waiting to be read ahead (insertion-ordered, distinct); beyond the capacity they are dropped
-        # and a step reads them when it needs them. Batches sized by the last one's rate to take about
-        # prepare_batch_s: a step waits for at most one, and the tiny model still reads at full speed
-        self.prepare_capacity = prepare_capacity
-        self.prepare_batch_s = prepare_batch_s
-        self.prepare_batch = 8
-        self.prepare_dropped = 0
-        self._pending: dict[str, None] = {}
-        self._preparing: asyncio.Task | None = None
+        self.read_ahead = TextReadAhead(self.executor, self._model_scorer, prepare_capacity, prepare_batch_s)
         self.scorer: Scorer = self._load_at_start()
         self._retain_vectors()
 
@@ -217,64 +209,23 @@ class ScorerRuntime:
 
     # --- reading catalogue texts ahead of the steps ---------------------------------------------------------
 
+    def _model_scorer(self):
+        return None if self.scorer is self.baseline else self.scorer
+
     def offer_texts(self, texts: list[str]) -> None:
         """Queue item texts (catalogue records as they arrive) to be read in the background; on the event loop."""
-        if self.scorer is self.baseline:
-            return
-        for text in texts:
-            if not text or text in self._pending:
-                continue
-            if len(self._pending) >= self.prepare_capacity:
-                self.prepare_dropped += 1
-                continue
-            self._pending[text] = None
-        if self._pending and self._preparing is None:
-            self._preparing = asyncio.get_running_loop().create_task(self._prepare_pending())
-
-    def _take_batch(self) -> list[str]:
-        batch = []
-        for text in self._pending:
-            batch.append(text)
-            if len(batch) >= self.prepare_batch:
-                break
-        for text in batch:
-            del self._pending[text]
-        return batch
-
-    async def _prepare_pending(self) -> None:
-        """Read queued texts a batch at a time in the scorer's thread until none is left (steps interleave)."""
-        loop = asyncio.get_running_loop()
-        try:
-            while self._pending:
-                batch, scorer = self._take_batch(), self.scorer
-                if scorer is self.baseline:
-                    continue   # the bundle became unusable: nothing reads ahead for the baseline
-                started = time.monotonic()
-                try:
-                    read = await loop.run_in_executor(self.executor, scorer.prepare_texts, batch)
-                    self._size_next_batch(read, time.monotonic() - started)
-                except Exception as exc:  # noqa: BLE001 - a step reads these texts itself if it needs them
-                    log.warning("reading %d catalogue texts ahead failed (%s: %s); a step reads them when needed",
-                                len(batch), type(exc).__name__, exc)
-        finally:
-            self._preparing = None
-
-    def _size_next_batch(self, read: int, elapsed_s: float) -> None:
-        """Next batch: as many texts as the last batch's rate reads in prepare_batch_s (8 to 1,024)."""
-        if read >= 4 and elapsed_s > 0:
-            self.prepare_batch = max(8, min(1024, int(read / elapsed_s * self.prepare_batch_s)))
+        self.read_ahead.offer(texts)
 
     async def wait_prepared(self) -> None:
         """Until every queued text has been read (benches and tests)."""
-        while self._preparing is not None:
-            await asyncio.shield(self._preparing)
+        await self.read_ahead.wait()
 
     def text_vector_counters(self) -> dict[str, int]:
         """For the status file: texts read by steps / ahead (the bundle in service, since it was loaded),
         texts queued, texts dropped from a full queue."""
         return {"text_vectors_read_in_steps": getattr(self.scorer, "texts_read", 0),
                 "text_vectors_read_ahead": getattr(self.scorer, "texts_read_ahead", 0),
-                "text_vectors_pending": len(self._pending), "text_vectors_dropped": self.prepare_dropped}
+                "text_vectors_pending": self.read_ahead.pending, "text_vectors_dropped": self.read_ahead.dropped}
 
     def close(self) -> None:
         """Stop the scorer threads and close the text vector store (benches reopen it as a restart would)."""

@@ -190,6 +190,17 @@ def test_the_read_ahead_queue_is_bounded_and_counts_what_it_dropped(tiny_trail_b
     assert runtime.scorer.texts_read_ahead == 5
 
 
+def test_a_read_ahead_run_reads_at_most_its_limit_and_only_texts_without_a_vector(tiny_trail_bundle, batch,
+                                                                                 tmp_path):
+    runtime = ScorerRuntime(str(tiny_trail_bundle), vector_dir=tmp_path / "vectors")
+    texts = list(dict.fromkeys(batch.texts))
+    read, rest = runtime.scorer.prepare_texts(texts, limit=3)
+    assert read == 3 and rest == texts[3:]
+    read, rest = runtime.scorer.prepare_texts(texts)       # the 3 are stored: looked up, not read again
+    runtime.close()
+    assert read == len(texts) - 3 and rest == [] and runtime.scorer.texts_read_ahead == len(texts)
+
+
 def test_export_names_a_missing_catalogue_in_one_line(tiny_trail_model, tmp_path, capsys):
     from streams.cli import main
 
