@@ -8,6 +8,8 @@ A bundle is a flat folder, by default ``artifacts/bundles/NAME/``::
     tokenizer.json    the model's tokenizer (the `tokenizers` library reads it)
     config.json       the TrailConfig of the model
     model_card.json   the source model's card; MODEL_CARD.md its rendering
+    text_vectors.npz  optional (`trail export --catalogue`): a known catalogue's text vectors
+                      (`export.catalogue_vectors`), named by ``graph["text_vectors"]``
     manifest.json     name, version, sha256, graph geometry, the file the runtime opens for each of
                       step/text/forecast/tokenizer (``graph``), and {file: {sha256, bytes}} of every file above
 
@@ -48,6 +50,7 @@ CONFIG_FILE = "config.json"
 # /3: flat folder, plain file names only, the tokenizer named in "graph"; /2: forecast from [features, text vector]
 MANIFEST_FORMAT = "trail-onnx-bundle/3"
 RUNTIME_FILES = ("step", "text", "forecast", "tokenizer")   # manifest["graph"][key]: a file the runtime opens
+OPTIONAL_RUNTIME_FILES = ("text_vectors",)                    # ... when the manifest names one
 PIN_ENV = "TRAIL_SCORER_SHA256"
 MAX_MANIFEST_BYTES = 1 << 20
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -193,10 +196,11 @@ def listed_files(manifest: dict, manifest_path: Path) -> dict[str, dict]:
 
 
 def runtime_file_names(manifest: dict, files: dict[str, dict], manifest_path: Path) -> set[str]:
-    """The names the runtime opens (manifest["graph"][step|text|forecast|tokenizer]), each plain and listed."""
+    """The names the runtime opens (manifest["graph"][step|text|forecast|tokenizer], and text_vectors when
+    named), each plain and listed."""
     graph = manifest.get("graph") or {}
     names = set()
-    for key in RUNTIME_FILES:
+    for key in (*RUNTIME_FILES, *(k for k in OPTIONAL_RUNTIME_FILES if k in graph)):
         name = check_file_name(graph.get(key), manifest_path)
         if name not in files:
             raise BundleNameError(f"{manifest_path}: the {key} file {name!r} is not listed with a sha256 in "

@@ -182,10 +182,11 @@ def default_bundle_dir(model_name: str, int8: bool) -> Path:
 
 
 def export_bundle(model_name_or_path: str, out_dir: Path | None = None, int8: bool = False,
-                  on_stage=lambda name: None) -> dict:
+                  on_stage=lambda name: None, catalogue: list[str] | None = None) -> dict:
     """Export a trained model (NAME under artifacts/models, or a folder) to a bundle; returns its manifest.
 
-    The default bundle folder is artifacts/bundles/<model folder name>[-int8].
+    The default bundle folder is artifacts/bundles/<model folder name>[-int8]. `catalogue`: item texts whose
+    text vectors the bundle carries (`export.catalogue_vectors`), read with the exported text graph.
     """
     from models.trail_scorer import CARD_MD, TOKENIZER_SUBDIR, load_trail_model
 
@@ -218,6 +219,7 @@ def export_bundle(model_name_or_path: str, out_dir: Path | None = None, int8: bo
     for file_name in (CONFIG_FILE, "model_card.json", CARD_MD):
         if (model_dir / file_name).exists():
             shutil.copy2(model_dir / file_name, out_dir / file_name)
+    vectors_file = add_catalogue_vectors(out_dir, catalogue, on_stage)
     config = json.loads((model_dir / CONFIG_FILE).read_text())
     fields = {
         "name": out_dir.name,
@@ -227,8 +229,21 @@ def export_bundle(model_name_or_path: str, out_dir: Path | None = None, int8: bo
         "graph": {**cache_geometry(model), "opset": OPSET, "step": STEP_GRAPH, "text": TEXT_GRAPH,
                   "forecast": FORECAST_GRAPH, "tokenizer": TOKENIZER_FILE, "inputs": step_input_names(model),
                   "outputs": ["logits"],
-                  "d_model": model.lm.config.hidden_size, "n_item_features": model.config.n_item_features},
+                  "d_model": model.lm.config.hidden_size, "n_item_features": model.config.n_item_features,
+                  **({"text_vectors": vectors_file} if vectors_file else {})},
         "trail_config": {k: v for k, v in config.items() if k != "llama"},
         "export_s": round(time.perf_counter() - started, 1),
     }
     return write_manifest(out_dir, fields)
+
+
+def add_catalogue_vectors(out_dir: Path, catalogue: list[str] | None, on_stage) -> str | None:
+    """Write the catalogue's text vectors into the bundle folder (its file name), or remove a stale file
+    (a folder exported again without --catalogue must not list another export's vectors)."""
+    from export.catalogue_vectors import CATALOGUE_VECTORS, write_catalogue_vectors
+
+    if not catalogue:
+        (out_dir / CATALOGUE_VECTORS).unlink(missing_ok=True)
+        return None
+    on_stage(f"text vectors of {len(catalogue)} catalogue texts")
+    return write_catalogue_vectors(out_dir, catalogue).name

@@ -4,7 +4,9 @@
 optionally against a pinned manifest sha256), builds the ONNX Runtime sessions (`export.runtime`) and the
 tokenizer from those verified bytes (never re-reading the files), and returns a `BundleScorer`: forecast()
 for every row through the text graph (items not seen before) and the forecast graph, explain() for a few
-rows through greedy decoding with the step graph. Prompts are built and decoded by the code
+rows through greedy decoding with the step graph; `prepare_texts` reads catalogue texts ahead of need, and
+`attach_vector_store` gives it a persistent store of text vectors, seeded with the bundle's catalogue vectors
+(`export.catalogue_vectors`) when it has some. Prompts are built and decoded by the code
 `models.trail_scorer.TrailScorer` uses (`models.prompts`). Importing this module must not import torch
 (tests/test_export.py checks it).
 """
@@ -14,10 +16,13 @@ from __future__ import annotations
 import numpy as np
 
 from export.bundle import VerifiedBundle, resolve_bundle_dir, verify_bundle
+from export.catalogue_vectors import CatalogueVectors, verified_catalogue_vectors
 from export.runtime import TrailRuntime
+from export.text_vector_store import StoredVectors, manifest_text_vector_key
 from models.features import FeatureBatch, numeric_features
 from models.prompts import PromptTokens
 from models.rationales import evidence_text
+from models.text_vectors import text_digest
 
 
 class BundleScorer:
@@ -27,8 +32,11 @@ class BundleScorer:
     """
 
     def __init__(self, runtime: TrailRuntime, tokens: PromptTokens, manifest: dict,
-                 forecast_chunk: int = 256, explain_chunk: int = 64, manifest_sha256: str = "") -> None:
+                 forecast_chunk: int = 256, explain_chunk: int = 64, manifest_sha256: str = "",
+                 catalogue: CatalogueVectors | None = None) -> None:
         self.runtime = runtime
+        self.catalogue = catalogue
+        self.text_key = manifest_text_vector_key(manifest)   # what the text vectors of this bundle are stored under
         self.tokens = tokens
         self.manifest = manifest
         self.manifest_sha256 = manifest_sha256
@@ -57,6 +65,30 @@ class BundleScorer:
 
     def text_vectors(self, texts: list[str]) -> np.ndarray:
         return self.runtime.text_vectors(texts, self.tokens.text_rows, self.forecast_chunk)
+
+    def prepare_texts(self, texts: list[str], limit: int | None = None) -> tuple[int, list[str]]:
+        """Read at most `limit` texts without a vector, ahead of any step: (read, texts still without one)."""
+        return self.runtime.prepare_texts(texts, self.tokens.text_rows, self.forecast_chunk, limit)
+
+    def attach_vector_store(self, store: StoredVectors) -> int:
+        """Keep text vectors in `store` (this bundle's key) and seed it with the bundle's catalogue vectors;
+        returns how many of those were not stored yet."""
+        if store.key != self.text_key:
+            raise ValueError(f"a text vector store for key {store.key[:12]} cannot serve bundle {self.name} "
+                             f"(key {self.text_key[:12]}); open the store's view with the scorer's text_key")
+        self.runtime.vector_store = store
+        if self.catalogue is None:
+            return 0
+        return store.put_missing([text_digest(t) for t in self.catalogue.texts], self.catalogue.vectors)
+
+    @property
+    def texts_read(self) -> int:
+        """Texts run through the text graph because a step needed them (not read ahead)."""
+        return self.runtime.texts_read
+
+    @property
+    def texts_read_ahead(self) -> int:
+        return self.runtime.texts_read_ahead
 
     def forecast_log1p(self, features: np.ndarray, texts: list[str]) -> np.ndarray:
         return self.runtime.forecast_log1p(features, self.text_vectors(texts))
@@ -104,8 +136,10 @@ def scorer_from_verified(bundle: VerifiedBundle, providers: str = "auto", intra_
     config = bundle.manifest["trail_config"]
     tokenizer = tokenizer_from_bytes(bundle.runtime_bytes("tokenizer"))
     tokens = PromptTokens(tokenizer, config["bucket_s"], config["max_text_tokens"])
+    catalogue = verified_catalogue_vectors(bundle)
     runtime = TrailRuntime.open(bundle, providers, intra_op_threads, spin)
-    return BundleScorer(runtime, tokens, bundle.manifest, manifest_sha256=bundle.manifest_sha256)
+    return BundleScorer(runtime, tokens, bundle.manifest, manifest_sha256=bundle.manifest_sha256,
+                        catalogue=catalogue)
 
 
 def load_bundle_scorer(name_or_path: str, providers: str = "auto", intra_op_threads: int = 0,

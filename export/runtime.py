@@ -5,7 +5,10 @@
   detected by comparing `session.get_providers()` with the request, logged, and reported.
 - `TrailRuntime.text_vectors`: the text graph over item texts, sorted by length and chunked (little padding);
   `models.text_vectors.TextVectorCache` keeps each item text's vector (bounded, least recently used out),
-  so a step only reads the texts of items it has not seen.
+  so a step only reads the texts of items it has not seen; with a `vector_store` attached (the worker's
+  RocksDB one, `export.text_vector_store`) a text missing from memory is looked up there before it is read,
+  and what is read is stored. `prepare_texts` reads texts ahead of need (catalogue records as they arrive).
+  `texts_read` / `texts_read_ahead` count texts run through the text graph by steps / ahead of need.
 - `TrailRuntime.forecast_log1p`: the forecast graph ([numeric features, text vector] -> log1p) in one run.
 - `TrailRuntime.generate`: greedy decoding with the step graph and its key/value cache, the loop the torch
   model decodes with too (`models.prompts.greedy_decode`).
@@ -25,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from models.prompts import greedy_decode, left_pad
-from models.text_vectors import TextVectorCache, read_in_length_order
+from models.text_vectors import TextVectorCache, VectorStore, read_in_length_order, text_digest
 
 if TYPE_CHECKING:
     from export.bundle import VerifiedBundle
@@ -128,6 +131,17 @@ def create_session(graph: Path | bytes, providers: str = "auto", intra_op_thread
     return session, ProviderReport(requested=providers, active=active, fell_back=fell_back, reason=reason)
 
 
+def read_text_rows(text_session, rows: list[list[int]], chunk: int = 256) -> np.ndarray:
+    """Text vectors [n, d] of token rows through a text graph session, chunked by length (little padding).
+
+    The one way vectors are read: the serving runtime and `trail export --catalogue` both call it."""
+    def read_chunk(part: list[list[int]]) -> np.ndarray:
+        ids, mask = left_pad(part)
+        return text_session.run(["text_vec"], {"input_ids": ids, "attention_mask": mask})[0]
+
+    return read_in_length_order(rows, chunk, read_chunk)
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Shapes the graphs expect (from the bundle manifest)."""
@@ -160,6 +174,9 @@ class TrailRuntime:
         self.past_names = [name.replace("present_", "past_") for name in self.present_names]
         self.copy_path = any(i.name == "context_ids" for i in step_session.get_inputs())   # see models.trail
         self.text_cache = TextVectorCache()
+        self.vector_store: VectorStore | None = None   # attached by the worker (`streams.scorer_runtime`)
+        self.texts_read = 0          # texts run through the text graph when a step needed them
+        self.texts_read_ahead = 0    # ... by `prepare_texts`, before any step needed them
 
     @classmethod
     def open(cls, bundle: VerifiedBundle, providers: str = "auto", intra_op_threads: int = 0,
@@ -174,15 +191,51 @@ class TrailRuntime:
 
     def read_texts(self, rows: list[list[int]], chunk: int = 256) -> np.ndarray:
         """Text vectors [n, d] of token rows ("<|im_start|> item text"), chunked by length (little padding)."""
-        def read_chunk(part: list[list[int]]) -> np.ndarray:
-            ids, mask = left_pad(part)
-            return self.text_session.run(["text_vec"], {"input_ids": ids, "attention_mask": mask})[0]
-
-        return read_in_length_order(rows, chunk, read_chunk)
+        return read_text_rows(self.text_session, rows, chunk)
 
     def text_vectors(self, texts: list[str], text_rows, chunk: int = 256) -> np.ndarray:
-        """Vectors [n, d] of item texts: cached ones looked up, the others read (text_rows(texts) -> token rows)."""
-        return self.text_cache.vectors(texts, lambda missing: self.read_texts(text_rows(missing), chunk))
+        """Vectors [n, d] of item texts: cached ones looked up, then stored ones, the others read (and stored);
+        text_rows(texts) -> token rows."""
+        return self.text_cache.vectors(texts, lambda missing: self._stored_or_read(missing, text_rows, chunk))
+
+    def _stored_or_read(self, texts: list[str], text_rows, chunk: int) -> np.ndarray:
+        """Vectors [n, d] of distinct texts missing from memory: from the store where it has them, else read."""
+        found, unread = self._look_up(texts)
+        if unread:
+            vecs = self._read_and_store([texts[i] for i in unread], text_rows, chunk)
+            self.texts_read += len(unread)
+            for i, vec in zip(unread, vecs, strict=True):
+                found[i] = vec
+        return np.stack(found)
+
+    def prepare_texts(self, texts: list[str], text_rows, chunk: int = 256,
+                      limit: int | None = None) -> tuple[int, list[str]]:
+        """Read at most `limit` of the texts without a vector yet, ahead of any step (into the store, or into
+        memory without one): (how many were read, the texts still without a vector). Looking a text up is
+        cheap and reading it is not, so the limit counts reads only. Runs in the scorer's thread, like a step."""
+        missing = self.text_cache.missing(texts)
+        _, unread_at = self._look_up(missing)
+        unread = [missing[i] for i in unread_at]
+        now, later = (unread, []) if limit is None else (unread[:limit], unread[limit:])
+        if now and self.vector_store is None:
+            self.text_cache.put(now, self.read_texts(text_rows(now), chunk))
+        elif now:   # stored, not cached: a catalogue larger than the cache must not evict the step's items
+            self._read_and_store(now, text_rows, chunk)
+        self.texts_read_ahead += len(now)
+        return len(now), later
+
+    def _look_up(self, texts: list[str]) -> tuple[list[np.ndarray | None], list[int]]:
+        """(stored vector or None per text, indexes of the texts without one)."""
+        if self.vector_store is None:
+            return [None] * len(texts), list(range(len(texts)))
+        found = self.vector_store.get([text_digest(t) for t in texts])
+        return found, [i for i, vec in enumerate(found) if vec is None]
+
+    def _read_and_store(self, texts: list[str], text_rows, chunk: int) -> np.ndarray:
+        vecs = self.read_texts(text_rows(texts), chunk)
+        if self.vector_store is not None:
+            self.vector_store.put([text_digest(t) for t in texts], vecs)
+        return vecs
 
     def forecast_log1p(self, features: np.ndarray, text_vec: np.ndarray) -> np.ndarray:
         """log1p next-bucket counts of every row: one run of the forecast graph."""

@@ -1,17 +1,37 @@
-"""Item text vectors for serving and scoring: a bounded cache, and reading texts in length order.
+"""Item text vectors for serving and scoring: a bounded cache, reading texts in length order, and the
+interface of a store that keeps vectors beyond the cache.
 
 An item's text vector (`models.trail.TrailModel.read_text`) depends on its text alone, so every scorer
 reads a text once and keeps the vector: the ONNX runtime (`export.runtime`) and the PyTorch scorer
-(`models.trail_scorer`) share this cache and this reading order. No torch and no onnxruntime here: the
-caller passes the function that turns a chunk of token rows into vectors.
+(`models.trail_scorer`) share this cache and this reading order. A `VectorStore` (the worker's RocksDB one is
+`export.text_vector_store`) holds vectors by `text_digest`, for one model's text reader. No torch and no
+onnxruntime here: the caller passes the function that turns a chunk of token rows into vectors.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
+
+
+def text_digest(text: str) -> bytes:
+    """The 32-byte sha256 of an item text's UTF-8: what stores key its vector by (texts are up to 2,000 chars)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
+class VectorStore(Protocol):
+    """Text vectors of one text reader (one bundle's text graph and tokenizer), by `text_digest`."""
+
+    def get(self, digests: list[bytes]) -> list[np.ndarray | None]:
+        """The vector of each digest, None where the store has none."""
+        ...
+
+    def put(self, digests: list[bytes], vectors: np.ndarray) -> None:
+        ...
 
 
 def read_in_length_order(rows: list[list[int]], chunk: int,

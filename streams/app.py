@@ -386,7 +386,8 @@ class Pipeline(StageOne, MergeStep, StatusReporting):
 
     async def store_items(self, records: list[tuple[int, int, bytes | None, bytes | None]]) -> None:
         """Catalogue records (item id -> JSON with title/text) into the items table, by partition; records
-        that are not catalogue records v1 go to the DLQ; a tombstone deletes the item."""
+        that are not catalogue records v1 go to the DLQ; a tombstone deletes the item. Stored texts are
+        queued to be read by the model in the background, so the first step that sees them need not."""
         by_partition: dict[int, dict[bytes, bytes | None]] = {}
         for partition, offset, key, value in records:
             reason = validate_catalogue_record(key, value)
@@ -397,6 +398,7 @@ class Pipeline(StageOne, MergeStep, StatusReporting):
         for partition, writes in by_partition.items():
             await self.writer.commit(self.items_table, partition, writes)
             self.counters.catalogue_items += len(writes)
+            self.runtime.offer_texts([catalogue_text(value) for value in writes.values() if value is not None])
 
     def _texts_of(self, partition: int):
         db = partition_db(self.items_table, partition)

@@ -80,3 +80,9 @@ class WorkerConfig:
     @property
     def status_path(self) -> Path:
         return self.data_dir / self.worker_id / "status.json"
+
+    @property
+    def text_vector_dir(self) -> Path:
+        """The worker's text vectors (`export.text_vector_store`): beside, not inside, the faust state (v1), so
+        state moved aside for another cluster keeps them; they depend on the bundle and the texts only."""
+        return self.data_dir / self.worker_id / "text-vectors"

@@ -54,7 +54,7 @@ def run_worker(config: WorkerConfig) -> int:
         check_port_free(config.metrics_host, config.metrics_port)
     # the scorer first: a bundle other than the pinned one stops the worker before it touches Kafka
     runtime = ScorerRuntime(config.scorer, step_budget_s=config.step_budget_s, reload_check_s=config.reload_check_s,
-                            scorer_sha256=config.scorer_sha256)
+                            scorer_sha256=config.scorer_sha256, vector_dir=config.text_vector_dir)
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     require_broker(config.kafka)
     # the internal-message key once a broker answers (no key file is created for a worker that cannot run);

@@ -7,7 +7,12 @@ and must say so in the log. Hot reload reads, hashes and loads the new bundle in
 scorer keeps scoring meanwhile) and swaps it in only if it passed; a refused bundle leaves the current scorer
 in place. With a pin (`scorer_sha256`, the manifest sha256 `trail export` prints) any other bundle is
 refused: at start by raising `export.bundle.BundlePinError` (the worker exits), on reload with an error in
-the log. No Kafka I/O and no window logic here.
+the log.
+
+No cold start: catalogue texts handed to `offer_texts` as their records arrive are read in the background
+(`streams.text_read_ahead`, in the scorer's one thread) into the worker's text vector store on disk
+(`export.text_vector_store`, ``vector_dir``), which every step looks up before reading a text; a bundle
+with catalogue vectors seeds that store when it is loaded. No Kafka I/O and no window logic here.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
 from export.bundle import MANIFEST, BundlePinError, parse_sha256, resolve_bundle_dir
 from models.features import FeatureBatch
 from models.scoring import Scorer, VelocityScorer
+from streams.text_read_ahead import TextReadAhead
 
 log = logging.getLogger("trail.scorer")
 BASELINE_NAMES = ("velocity", "baseline")
@@ -43,9 +50,26 @@ def bundle_fingerprint(name_or_path: str) -> float | None:
         return None
 
 
+def open_vector_store(folder: Path | None):
+    """The text vector store in `folder`, or None (no folder, or it cannot be opened: logged, steps then read
+    every new text, as without a store)."""
+    if folder is None:
+        return None
+    from export.text_vector_store import TextVectorStore
+
+    try:
+        return TextVectorStore(folder)
+    except Exception as exc:  # noqa: BLE001 - an optimisation only: never stop the stream for it
+        log.error("text vector store %s cannot be opened (%s: %s); item texts are read at the step that needs "
+                  "them and kept in memory only — check the folder's permissions and that no other process of "
+                  "this worker id runs", folder, type(exc).__name__, exc)
+        return None
+
+
 class ScorerRuntime:
     def __init__(self, scorer_name: str, step_budget_s: float = 5.0, reload_check_s: float = 5.0,
-                 intra_op_threads: int = 1, scorer_sha256: str | None = None) -> None:
+                 intra_op_threads: int = 1, scorer_sha256: str | None = None, vector_dir: Path | None = None,
+                 prepare_capacity: int = 100_000, prepare_batch_s: float = 0.25) -> None:
         # one ONNX thread by default: on a small box the other core keeps ingesting while a step runs
         self.scorer_name = scorer_name
         self.intra_op_threads = intra_op_threads
@@ -63,7 +87,10 @@ class ScorerRuntime:
         self._fingerprint: float | None = bundle_fingerprint(scorer_name) if self.uses_model else None
         self._checked_at = 0.0
         self._reload: asyncio.Future | None = None
+        self.vector_store = open_vector_store(vector_dir) if self.uses_model else None
+        self.read_ahead = TextReadAhead(self.executor, self._model_scorer, prepare_capacity, prepare_batch_s)
         self.scorer: Scorer = self._load_at_start()
+        self._retain_vectors()
 
     @property
     def uses_model(self) -> bool:
@@ -77,9 +104,20 @@ class ScorerRuntime:
     def _load_bundle(self) -> Scorer:
         """The bundle, verified (and checked against the pin): blocking, so reloads run it in a thread."""
         scorer = load_bundle(self.scorer_name, self.intra_op_threads, self.scorer_sha256)
+        self._attach_vector_store(scorer)
         log.info("scoring with TRAIL bundle %s (version %s, sha256 %s, manifest sha256 %s%s)", scorer.name,
                  scorer.version, scorer.sha256[:12], scorer.manifest_sha256, ", pinned" if self.scorer_sha256 else "")
         return scorer
+
+    def _attach_vector_store(self, scorer) -> None:
+        """Give a loaded bundle the store's view of its key, seeded with the bundle's catalogue vectors."""
+        if self.vector_store is None:
+            return
+        view = self.vector_store.view(scorer.text_key, scorer.manifest["graph"]["d_model"])
+        seeded = scorer.attach_vector_store(view)
+        if scorer.catalogue is not None:
+            log.info("bundle %s carries the text vectors of %d catalogue texts (%d new to the store %s)",
+                     scorer.name, len(scorer.catalogue.texts), seeded, self.vector_store.folder)
 
     def _load_at_start(self) -> Scorer:
         """The bundle, or the baseline if it is unusable; a bundle other than the pinned one raises."""
@@ -104,6 +142,13 @@ class ScorerRuntime:
             return
         self.scorer = scorer
         self.reloads += 1
+        self._retain_vectors()
+
+    def _retain_vectors(self) -> None:
+        """Drop the stored text vectors of every bundle but the one in service (bounded disk)."""
+        key = getattr(self.scorer, "text_key", None)
+        if self.vector_store is not None and key is not None:
+            self.vector_store.retain(key)
 
     async def maybe_reload(self) -> None:
         """Start loading a bundle whose manifest changed (or appeared) in a thread; swap it in once it passed.
@@ -161,3 +206,31 @@ class ScorerRuntime:
 
     def scorer_by_name(self, name: str) -> Scorer:
         return self.scorer if self.scorer.name == name else self.baseline
+
+    # --- reading catalogue texts ahead of the steps ---------------------------------------------------------
+
+    def _model_scorer(self):
+        return None if self.scorer is self.baseline else self.scorer
+
+    def offer_texts(self, texts: list[str]) -> None:
+        """Queue item texts (catalogue records as they arrive) to be read in the background; on the event loop."""
+        self.read_ahead.offer(texts)
+
+    async def wait_prepared(self) -> None:
+        """Until every queued text has been read (benches and tests)."""
+        await self.read_ahead.wait()
+
+    def text_vector_counters(self) -> dict[str, int]:
+        """For the status file: texts read by steps / ahead (the bundle in service, since it was loaded),
+        texts queued, texts dropped from a full queue."""
+        return {"text_vectors_read_in_steps": getattr(self.scorer, "texts_read", 0),
+                "text_vectors_read_ahead": getattr(self.scorer, "texts_read_ahead", 0),
+                "text_vectors_pending": self.read_ahead.pending, "text_vectors_dropped": self.read_ahead.dropped}
+
+    def close(self) -> None:
+        """Stop the scorer threads and close the text vector store (benches reopen it as a restart would)."""
+        self.executor.shutdown(wait=True)
+        self.reload_executor.shutdown(wait=True)
+        if self.vector_store is not None:
+            self.vector_store.close()
+            self.vector_store = None

@@ -129,3 +129,34 @@ def test_corrupt_bundle_falls_back_to_the_baseline_then_is_swapped_in_without_a_
         check(record)
     assert records[-1]["model"]["name"] != "velocity-baseline"
     assert records[-1]["model"]["sha256"]
+
+
+def test_the_catalogue_is_read_before_the_clicks_and_not_again_after_a_crash(make_replay, unique_topic, tmp_path,
+                                                                             ml100k, tiny_trail_bundle):
+    """Issue 17 (no cold-start stall), end to end: the worker reads the catalogue's texts as the records arrive,
+    its steps read none, and after a SIGKILL and a restart on the same disk neither steps nor the read-ahead
+    read any again (counted by the runtime in status.json, not timed)."""
+    events = first_weeks(ml100k, 10)
+    half = len(events) // 2
+    texts = {text for text in ml100k.items.values() if text}
+    replay = make_replay(unique_topic("warm"), tmp_path, top_k=5)
+    start_ml100k_worker(replay, ml100k, str(tiny_trail_bundle))
+    worker = replay.workers[0]
+    read = worker.wait_for(lambda s: s.get("text_vectors_read_ahead", 0) >= len(texts)
+                           and s.get("text_vectors_pending") == 0, 120, "catalogue read ahead")
+    assert read["text_vectors_read_ahead"] == len(texts)
+    replay.produce(events[:half])
+    before = wait_for_end(replay, max(e["ts"] for e in events[:half]) // DAY_MS * DAY_MS)
+    status = worker.status()
+    assert status["steps_scored"] > 0 and status["text_vectors_read_in_steps"] == 0
+    assert {r["model"]["name"] for r in before} == {tiny_trail_bundle.name}
+
+    worker.kill()
+    restarted = replay.start_worker()
+    replay.wait_assigned()
+    replay.produce(events[half:])
+    after = wait_for_end(replay, max(e["ts"] for e in events) // DAY_MS * DAY_MS)
+    status = restarted.status()
+    replay.stop()
+    assert status["scorer"] == tiny_trail_bundle.name and len(after) > len(before)
+    assert status["text_vectors_read_in_steps"] == 0 and status["text_vectors_read_ahead"] == 0

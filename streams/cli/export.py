@@ -26,6 +26,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("model", metavar="MODEL", help="trained model: NAME under artifacts/models, or a folder")
     p.add_argument("--out", type=Path, default=None, help="bundle folder (default artifacts/bundles/NAME[-int8])")
     p.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of the MatMul weights")
+    p.add_argument("--catalogue", metavar="ml-100k|FILE", default=None,
+                   help="also store the text vectors of this catalogue (ml-100k, or a JSONL/Parquet items file with "
+                   "item_id and text or title) in the bundle: a worker serving it reads none of those texts at its "
+                   "first step")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON at the end")
     p.set_defaults(func=run)
 
@@ -34,12 +38,14 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from export.bundle import BUNDLES_DIR, manifest_sha256
+    from export.catalogue_vectors import catalogue_texts
     from export.onnx_export import export_bundle
 
     console = Console(stderr=True)
+    catalogue = catalogue_texts(args.catalogue) if args.catalogue else None   # a bad file fails before the export
     with console.status("export") as status:
         manifest = export_bundle(args.model, args.out.resolve() if args.out else None, int8=args.int8,
-                                 on_stage=lambda name: status.update(f"export: {name}"))
+                                 on_stage=lambda name: status.update(f"export: {name}"), catalogue=catalogue)
     folder = args.out.resolve() if args.out else None
     pin = manifest_sha256(folder or BUNDLES_DIR / manifest["name"])   # export_bundle's default folder
     sizes = ", ".join(f"{f} {manifest['files'][f]['bytes'] / 1e6:.1f} MB"
@@ -47,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"exported {manifest['model']['name']} ({manifest['precision']}) to bundle {manifest['name']}"
                   f"{f' at {folder}' if folder else ''} in {manifest['export_s']} s: {sizes}; "
                   f"sha256 {manifest['sha256'][:12]}")
+    if catalogue:
+        console.print(f"text vectors of {len(catalogue)} catalogue texts ({args.catalogue}) in "
+                      f"{manifest['graph']['text_vectors']}")
     console.print(f"manifest sha256 {pin}\n  approve this bundle by pinning it: trail worker --scorer-sha256 {pin} "
                   "(or TRAIL_SCORER_SHA256)", soft_wrap=True, highlight=False)
     if args.json:
