@@ -28,6 +28,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_frac: float = 0.05
     lm_weight: float = 1.0
+    explain_top_share: float = 0.0    # share of the explanation rows drawn from each boundary's top rows
+    explain_top_n: int = 20           # ... the rows with the `explain_top_n` highest next counts of a boundary
     explain_token_share: float = 1.0  # share of the rationale's word tokens in the loss (numbers, signs and
                                       # direction words always count); < 1 spends the LM head on grounding
     contrastive_weight: float = 0.5
