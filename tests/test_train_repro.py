@@ -89,8 +89,7 @@ def test_explanation_rows_take_top_rows_after_the_contrastive_rows_only():
 
     rows = np.arange(100, 132)
     pool = np.arange(10)
-    plain = TrainConfig.for_base("tiny")            # batch 32, explain 32, contrastive 8
-    assert plain.explain_top_share == 0.0
+    plain = TrainConfig.for_base("tiny", explain_top_share=0.0)   # batch 32, explain 32, contrastive 8
     assert explanation_rows(rows, plain, np.random.default_rng(0), pool).tolist() == rows.tolist()
     mixed = TrainConfig.for_base("tiny", explain_top_share=0.25)
     out = explanation_rows(rows, mixed, np.random.default_rng(0), pool)

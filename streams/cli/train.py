@@ -50,7 +50,7 @@ def add_parser(subparsers) -> None:
                    "item's share of the batch's next-bucket total (default: tiny 0.5, smollm2 0 = off)")
     p.add_argument("--explain-top-share", type=float, default=None,
                    help="share of each step's explanation rows drawn from the rows with the highest next counts of "
-                   "their boundary (the counts a stream's top-K explains; default: tiny 0, smollm2 0)")
+                   "their boundary (the counts a stream's top-K explains; default: tiny 0.25, smollm2 0)")
     p.add_argument("--contrastive-weight", type=float, default=None, help="weight of the InfoNCE loss (0.5)")
     p.add_argument("--origins", dest="n_origins", type=int, default=None,
                    help="backtest origins kept out of training (default 50; match `trail backtest --origins`)")
