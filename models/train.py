@@ -27,7 +27,7 @@ from models.rationales import evidence_text
 from models.trail import TrailConfig, base_forecast_log1p, build_model, load_tokenizer
 from models.trail_scorer import MODELS_DIR, TrailScorer, save_trail_model
 from models.train_config import TrainConfig
-from models.train_examples import Examples, build_examples, training_boundaries
+from models.train_examples import Examples, build_examples, top_rows, training_boundaries
 from models.train_step import StepBuilder, add_lora, merge_lora, rationale_output_ids, train_step
 
 
@@ -88,16 +88,41 @@ def validation_baselines(val: Examples, n_buckets: int) -> dict[str, np.ndarray]
 
 
 @torch.no_grad()
-def validate_ranking(scorer: TrailScorer, val: Examples) -> dict:
+def validate_ranking(scorer: TrailScorer, val: Examples, per_boundary: int = 0) -> dict:
     """Every validation row: the model's MAE and item NDCG@10 per boundary, beside the counting baselines'
-    on the same rows (what a lever is chosen on; the sampled `val_mae` below is the older figure)."""
+    on the same rows (what a lever is chosen on; the sampled `val_mae` below is the older figure), and with
+    `per_boundary`, the checker on the explanations of each boundary's top forecasts."""
     rows = np.arange(len(val))
     forecast = np.maximum(0.0, np.expm1(scorer.forecast_log1p(val.features, val.texts_of(rows))))
     out = {"val_all_rows": int(len(val)), **{f"val_all_{k}": v for k, v in
                                              ranking_validation(forecast, val.targets, val.boundary).items()}}
     out["val_all_baselines"] = {name: ranking_validation(f, val.targets, val.boundary)
                                 for name, f in validation_baselines(val, scorer.config.n_buckets).items()}
+    out.update(validate_top_explanations(scorer, val, forecast, per_boundary))
     return out
+
+
+def explanation_checks(scorer: TrailScorer, data: Examples, rows: np.ndarray, forecast: np.ndarray) -> np.ndarray:
+    """(faithful, direction consistent) of the model's explanations of `rows` (forecast: one per row), bool [n, 2]."""
+    last = data.signals[:, SIGNAL_NAMES.index("last_count")]
+    lines = [evidence_text(data.signals_of(int(i)), float(f), scorer.config.bucket_s)
+             for i, f in zip(rows, forecast, strict=True)]
+    texts = scorer.explain_rows(scorer.tokens.explanation_rows(data.texts_of(rows), lines), data.features[rows])
+    checks = [check_explanation(text, data.signals_of(int(i)), float(f), float(last[i]), item_text)
+              for i, f, item_text, text in zip(rows, forecast, data.texts_of(rows), texts, strict=True)]
+    return np.array(checks, dtype=bool).reshape(-1, 2)
+
+
+def validate_top_explanations(scorer: TrailScorer, val: Examples, forecast: np.ndarray, per_boundary: int) -> dict:
+    """The checker on the explanations a stream publishes: each validation boundary's top `per_boundary` forecasts
+    among *all* its rows (the sampled `val_faithfulness` explains the top of a 2,000-row sample: smaller counts)."""
+    if per_boundary <= 0 or not len(val):
+        return {}
+    top = np.concatenate([at[np.argsort(-forecast[at], kind="stable")[:per_boundary]]
+                          for at in (np.flatnonzero(val.boundary == b) for b in np.unique(val.boundary))])
+    checks = explanation_checks(scorer, val, top, forecast[top])
+    return {"val_top_explained": int(len(checks)), "val_top_faithfulness": round(float(checks[:, 0].mean()), 4),
+            "val_top_direction_consistency": round(float(checks[:, 1].mean()), 4)}
 
 
 @torch.no_grad()
@@ -113,7 +138,7 @@ def validate(scorer: TrailScorer, val: Examples, cfg: TrainConfig, bucket_s: int
     truth = sample.targets
     last = sample.signals[:, SIGNAL_NAMES.index("last_count")]
     out = {
-        **validate_ranking(scorer, val),
+        **validate_ranking(scorer, val, cfg.val_explained_per_boundary),
         "val_rows": int(len(sample)),
         "val_mae": float(np.abs(forecast - truth).mean()),
         "val_l1_log1p": float(np.abs(pred_log1p - np.log1p(truth)).mean()),
@@ -203,6 +228,7 @@ def train(cfg: TrainConfig, out_dir: Path | None = None, progress: Progress | No
     ], weight_decay=cfg.weight_decay, fused=True)   # fused: the tiny step's update of the 49k x 128 embedding
     trainable = sum(p.numel() for p in lm_params + head_params)
 
+    top_pool = top_rows(train_data, cfg.explain_top_n) if cfg.explain_top_share > 0 else None
     model.train()
     progress.on_phase("train", steps)
     history: list[dict] = []
@@ -217,7 +243,7 @@ def train(cfg: TrainConfig, out_dir: Path | None = None, progress: Progress | No
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(training_progress(step, steps), cfg.warmup_frac)
         rows = batch_rows(train_data, cfg, rng)
-        losses = train_step(model, builder, train_data, rows, cfg, rng)
+        losses = train_step(model, builder, train_data, rows, cfg, rng, top_pool)
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         torch.nn.utils.clip_grad_norm_(lm_params + head_params, 1.0)

@@ -63,6 +63,15 @@ def build_examples(log, spec, boundaries: range, on_boundary: Callable[[], None]
 
 
 
+def top_rows(data: Examples, per_boundary: int) -> np.ndarray:
+    """Rows among the `per_boundary` highest next-bucket counts of their boundary (ties by row order), sorted:
+    the count range a stream's top-K explanations see, which uniform sampling (mostly 0-3 counts) rarely hits."""
+    order = np.lexsort((np.arange(len(data)), -data.targets, data.boundary))
+    starts = np.flatnonzero(np.r_[True, data.boundary[order][1:] != data.boundary[order][:-1]])
+    rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    return np.sort(order[rank < per_boundary])
+
+
 def training_boundaries(log, spec, n_origins: int, val_days: int) -> tuple[int, range, range]:
     """(cutoff slot, train boundaries, validation boundaries): targets end at or before the cutoff."""
     cutoff = backtest_origins(log, spec, n_origins)[0]

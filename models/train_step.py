@@ -103,9 +103,26 @@ def jittered(targets: np.ndarray, sigma: float, rng: np.random.Generator) -> np.
     return np.maximum(0.0, np.expm1(np.log1p(targets) + rng.normal(0.0, sigma, size=len(targets))))
 
 
+def explanation_rows(rows: np.ndarray, cfg: TrainConfig, rng: np.random.Generator,
+                     top_pool: np.ndarray | None) -> np.ndarray:
+    """The rows of the explanation (and contrastive) passes: the batch's first rows, with the last
+    `explain_top_share` of the explanation rows drawn from `top_pool` instead (the counts a stream's top-K sees).
+    The contrastive rows stay the batch's own (their forecast representation comes from the forecast pass)."""
+    n_text = max(cfg.explain_rows, cfg.contrastive_rows if cfg.contrastive else 0)
+    text_rows = rows[:n_text].copy()
+    if cfg.explain_top_share <= 0 or top_pool is None or not len(top_pool):
+        return text_rows
+    keep = cfg.contrastive_rows if cfg.contrastive else 0
+    n_top = min(round(cfg.explain_top_share * cfg.explain_rows), max(cfg.explain_rows - keep, 0), len(top_pool))
+    if n_top:
+        text_rows[cfg.explain_rows - n_top: cfg.explain_rows] = rng.choice(top_pool, size=n_top, replace=False)
+    return text_rows
+
+
 def train_step(model: TrailModel, builder: StepBuilder, data: Examples, rows: np.ndarray, cfg: TrainConfig,
-               rng: np.random.Generator) -> dict[str, torch.Tensor]:
-    """The joint loss of one batch: forecast L1 + lm_weight * explanation CE + contrastive_weight * InfoNCE."""
+               rng: np.random.Generator, top_pool: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+    """The joint loss of one batch: forecast L1 + lm_weight * explanation CE + contrastive_weight * InfoNCE.
+    `top_pool`: rows some explanation rows are drawn from (`cfg.explain_top_share`, `explanation_rows`)."""
     n_prefix = model.config.n_prefix
     dev = model.lm.lm_head.weight.device
     texts = data.texts_of(rows)
@@ -118,19 +135,19 @@ def train_step(model: TrailModel, builder: StepBuilder, data: Examples, rows: np
     if cfg.share_weight > 0:   # the rows come from one boundary (models.train.batch_rows)
         losses["share"] = share_loss(forecast_log1p, targets)
 
-    n_text = max(cfg.explain_rows, cfg.contrastive_rows if cfg.contrastive else 0)
-    text_rows = rows[:n_text]
+    text_rows = explanation_rows(rows, cfg, rng, top_pool)
+    n_text = len(text_rows)
     forecasts = jittered(data.targets[text_rows], cfg.forecast_jitter, rng)
     templates = rng.integers(0, N_TEMPLATES, size=n_text)
     lines, positives, hard = builder.rationales(data, text_rows, forecasts, templates, cfg.descriptor)
 
     if cfg.explain_rows > 0 and cfg.lm_weight > 0:
         k = cfg.explain_rows
-        prompts = builder.tokens.prompts(texts[:k])
+        prompts = builder.tokens.prompts(data.texts_of(text_rows[:k]))
         ex_ids, ex_mask, labels = builder.explanation_batch(prompts, lines[:k], positives[:k],
                                                             cfg.explain_token_share, rng)
         ex_mask = torch.cat([torch.ones(k, n_prefix, dtype=torch.long), ex_mask], dim=1)
-        numeric = torch.from_numpy(numeric_prefix_inputs(data.features[rows[:k]], n_prefix))
+        numeric = torch.from_numpy(numeric_prefix_inputs(data.features[text_rows[:k]], n_prefix))
         ex_ids, ex_mask, labels, numeric = ex_ids.to(dev), ex_mask.to(dev), labels.to(dev), numeric.to(dev)
         cache = DynamicCache(config=model.lm.config) if model.config.copy_path else None
         h_ex, present = model.hidden(ex_ids, ex_mask, positions_from_mask(ex_mask), numeric, cache)

@@ -69,3 +69,29 @@ def test_tiny_draws_one_boundary_per_batch_with_the_share_loss_by_default():
     assert TrainConfig.for_base("tiny").share_weight == 0.5
     assert TrainConfig.for_base("tiny", share_weight=0.0).share_weight == 0.0
     assert TrainConfig.for_base("smollm2").share_weight == 0.0
+
+
+def test_top_rows_are_each_boundarys_highest_next_counts():
+    import numpy as np
+
+    from models.train_examples import Examples, top_rows
+
+    targets = np.array([5.0, 1.0, 9.0, 0.0, 3.0, 3.0, 7.0])
+    boundary = np.array([1, 1, 1, 1, 2, 2, 2])
+    data = Examples(np.zeros((7, 1), np.float32), np.zeros((7, 1)), np.zeros(7, np.int64), targets, boundary, [""])
+    assert top_rows(data, 2).tolist() == [0, 2, 4, 6]   # boundary 1: 9 and 5; boundary 2: 7 and the first 3
+
+
+def test_explanation_rows_take_top_rows_after_the_contrastive_rows_only():
+    import numpy as np
+
+    from models.train_step import explanation_rows
+
+    rows = np.arange(100, 132)
+    pool = np.arange(10)
+    plain = TrainConfig.for_base("tiny", explain_top_share=0.0)   # batch 32, explain 32, contrastive 8
+    assert explanation_rows(rows, plain, np.random.default_rng(0), pool).tolist() == rows.tolist()
+    mixed = TrainConfig.for_base("tiny", explain_top_share=0.25)
+    out = explanation_rows(rows, mixed, np.random.default_rng(0), pool)
+    assert out[:24].tolist() == rows[:24].tolist()   # the contrastive rows (first 8) are the batch's own
+    assert set(out[24:].tolist()) <= set(pool.tolist()) and len(set(out[24:].tolist())) == 8

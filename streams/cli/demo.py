@@ -99,13 +99,21 @@ def render_step(records: list[dict]):
     table = Table(title=f"Trending at {time.strftime('%Y-%m-%d', time.gmtime(end))} "
                   f"(model {records[0]['model']['name']})", expand=True)
     for column, kwargs in (("#", {"width": 3}), ("item", {"ratio": 2}), ("last 4 weeks", {"ratio": 1}),
-                           ("next week", {"width": 9}), ("why", {"ratio": 4})):
+                           ("next week", {"width": 9}), ("why", {"ratio": 4}), ("written by", {"width": 10})):
         table.add_column(column, **kwargs)
     for record in records:
         table.add_row(str(record["rank"]), record.get("title") or record["item_id"],
                       " ".join(map(str, record["recent_counts"][-4:])), f"{record['predicted_count']:.1f}",
-                      record["explanation"])
+                      record["explanation"], source_label(record))
+    table.caption = ("written by: model = the TRAIL model wrote it and it passed the faithfulness check; "
+                     "template = the grounded template")
     return table
+
+
+def source_label(record: dict) -> str:
+    """Who wrote a record's explanation, as the live view marks it: `model` (green) or `template` (dim)."""
+    source = record.get("explanation_source") or "template"
+    return f"[green]{source}[/]" if source == "model" else f"[dim]{source}[/]"
 
 
 def faithfulness(records: list[dict]) -> float | None:

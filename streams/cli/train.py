@@ -48,6 +48,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--share-weight", type=float, default=None,
                    help="> 0: draw each batch from one boundary and add this weight x a listwise loss on each "
                    "item's share of the batch's next-bucket total (default: tiny 0.5, smollm2 0 = off)")
+    p.add_argument("--explain-top-share", type=float, default=None,
+                   help="share of each step's explanation rows drawn from the rows with the highest next counts of "
+                   "their boundary (the counts a stream's top-K explains; default: tiny 0.25, smollm2 0)")
     p.add_argument("--contrastive-weight", type=float, default=None, help="weight of the InfoNCE loss (0.5)")
     p.add_argument("--origins", dest="n_origins", type=int, default=None,
                    help="backtest origins kept out of training (default 50; match `trail backtest --origins`)")
@@ -61,6 +64,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the model card as JSON at the end")
     p.set_defaults(func=run)
+
+
+PLAIN_EVERY = 50   # training steps between two progress lines when there is no terminal to draw bars on
+
+
+def plain_progress_line(done: int, total: int, elapsed_s: float, losses: str) -> str:
+    """One progress line of the training loop, for logs and pipes: steps, time so far and left, the losses."""
+    left = elapsed_s / done * (total - done) if done else 0.0
+    return (f"train {done}/{total} steps, {elapsed_s:.0f} s elapsed, ~{left:.0f} s left"
+            + (f", {losses}" if losses else ""))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         contrastive_rows=args.contrastive_rows, lr=args.lr, head_lr=args.head_lr,
         contrastive_weight=args.contrastive_weight, explain_token_share=args.explain_token_share,
         output_vocab=args.output_vocab, copy_path=args.copy_path, forecast_base=args.forecast_base,
-        share_weight=args.share_weight,
+        share_weight=args.share_weight, explain_top_share=args.explain_top_share,
         descriptor=False if args.no_descriptor else None,
         n_origins=args.n_origins, val_days=args.val_days,
         max_minutes=args.max_minutes, threads=args.threads, device=args.device,
@@ -102,6 +115,11 @@ def run(args: argparse.Namespace) -> int:
         def on_advance(info: dict) -> None:
             text = " ".join(f"{k} {v:.3f}" for k, v in info.items())
             bars.update(tasks[current["name"]], advance=1, info=text)
+            if not console.is_terminal:   # no live bars when stderr is a file or a pipe (e.g. `trail demo | tee`)
+                task = bars.tasks[tasks[current["name"]]]
+                if current["name"] == "train" and (task.completed % PLAIN_EVERY == 0 or task.finished):
+                    console.print(plain_progress_line(int(task.completed), int(task.total or 0),
+                                                      task.elapsed or 0.0, text), soft_wrap=True)
 
         card = trainer.train(cfg, args.out.resolve() if args.out else None,
                              trainer.Progress(on_phase=on_phase, on_advance=on_advance))
@@ -114,6 +132,10 @@ def run(args: argparse.Namespace) -> int:
     if "val_mae" in m:
         console.print(f"validation: MAE {m['val_mae']:.3f} (recent-pop {m['val_mae_recent_pop']:.3f}), "
                       f"faithfulness {m['val_faithfulness']:.3f}, direction {m['val_direction_consistency']:.3f}")
+    if "val_top_faithfulness" in m:
+        console.print(f"validation, top {m['val_top_explained']} forecasts (what a stream explains): "
+                      f"faithfulness {m['val_top_faithfulness']:.3f}, "
+                      f"direction {m['val_top_direction_consistency']:.3f}")
     if "val_all_mae" in m:
         best = m["val_all_baselines"]
         console.print(f"validation, all {m['val_all_rows']} rows: MAE {m['val_all_mae']:.3f}, item NDCG@10 "
