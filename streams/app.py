@@ -43,7 +43,7 @@ from models.features import FeatureBatch
 from streams import metrics
 from streams.catalogue import catalogue_text, validate_catalogue_record
 from streams.config import WorkerConfig
-from streams.deltas import DeltaRouter, InvalidInternalMessage, decode_deltas
+from streams.deltas import DeltaColumns, DeltaRouter, InvalidInternalMessage, decode_deltas
 from streams.events import Rejection, dlq_record, latest_acceptable_ts_ms
 from streams.merge import CandidatesMessage
 from streams.merge_step import MergeStep
@@ -56,6 +56,7 @@ from streams.scoring_loop import (
 from streams.stage_one import StageOne
 from streams.state import PartitionState, StateUpdate
 from streams.status_report import StatusReporting
+from streams.step_trace import StepTrace
 from streams.table_store import TableWriter, partition_db, register_store
 
 log = logging.getLogger("trail.worker")
@@ -117,9 +118,11 @@ def create_app(config: WorkerConfig, runtime: ScorerRuntime, internal_keys: Inte
 
     @app.agent(pipeline.deltas_topic)
     async def apply_deltas(stream):
-        async for event in stream.events():
-            message = event.message
-            await stop(pipeline.apply, message.partition, message.offset, message.value, message.key, message.headers)
+        # batched so the table partitions apply side by side (their changelog writes share produce requests);
+        # faust acks a batch only after its body returned
+        async for events in stream.take_events(config.deltas_batch_max, within=config.deltas_batch_within_s):
+            await stop(pipeline.apply_batch, [(e.message.partition, e.message.offset, e.message.value,
+                                               e.message.key, e.message.headers) for e in events])
 
     @app.agent(pipeline.items_topic)
     async def store_items(stream):
@@ -205,6 +208,8 @@ class Pipeline(StageOne, MergeStep, StatusReporting):
         self.recovery_watch = RecoveryWatch(config.recovery_stall_s, config.recovery_give_up_s)
         self.recovery_state: dict = {"recovering": False}
         self.last_step: list[dict] = []   # the latest emitted step's records, for the live page
+        self.step_trace = StepTrace()     # when each boundary passed each hop (status file, `trail bench latency`)
+        self.stage1_slots: dict[int, int] = {}   # stage 1: per source, the last boundary its sent watermark crossed
 
     async def fail_stop(self, body: Callable[..., Awaitable[None]], *args) -> None:
         """Run an agent's body; if it raises, log, write the status and exit at once (nothing acked)."""
@@ -256,33 +261,55 @@ class Pipeline(StageOne, MergeStep, StatusReporting):
             self.locks.setdefault(partition, asyncio.Lock())
         return state
 
-    async def apply(self, partition: int, offset: int, value: bytes | None, key: bytes | None,
-                    headers: Headers) -> None:
-        if not await self.authentic(self.config.deltas_topic, partition, offset, key, value, headers):
-            return
-        try:
-            source, watermark, columns, idle_end = decode_deltas(value, self.config.partitions,
-                                                             latest_acceptable_ts_ms(self.config.max_future_s))
-        except InvalidInternalMessage as exc:
-            await self.reject_internal(self.config.deltas_topic, partition, offset, value, str(exc))
+    async def apply_batch(self, messages: list[tuple[int, int, bytes | None, bytes | None, Headers]]) -> None:
+        """Apply a batch of deltas messages (partition, offset, value, key, headers): one write per table
+        partition, its messages in order, the partitions concurrently (their changelog writes share requests)."""
+        received_at = time.time()
+        by_partition: dict[int, list] = {}
+        for partition, *message in messages:
+            by_partition.setdefault(partition, []).append(message)
+        await asyncio.gather(*(self.apply(partition, part, received_at) for partition, part in by_partition.items()))
+
+    async def apply(self, partition: int, messages: list[tuple[int, bytes | None, bytes | None, Headers]],
+                    received_at: float) -> None:
+        """Add one table partition's deltas messages (offset, value, key, headers) to its rings in one write,
+        then queue the scoring jobs the watermark made due."""
+        parts = await self._decode_deltas(partition, messages)
+        if not parts:
             return
         state = self.state_for(partition)
         async with self.locks[partition]:
             if self.states.get(partition) is not state:
-                return  # revoked while waiting: the new owner applies it (the offset was not committed)
-            update = state.apply_deltas(source, watermark, columns, idle_end)
+                return  # revoked while waiting: the new owner applies them (the offsets were not committed)
+            update = state.apply_messages(parts)
             await self.writer.commit(self.counts_table, partition, update.writes)
             state.accept(update)
             self._count(update)
             due = await self.due_jobs(state, idle=False)
-            if idle_end is None or partition not in self.last_input_at:
+            if any(idle_end is None for *_, idle_end in parts) or partition not in self.last_input_at:
                 # an idle declaration is not input: the declarations repeat every --source-idle-timeout-s and
                 # kept the idle flush (quiet for --idle-flush-s) from ever firing when that was shorter. Taken
                 # after `due_jobs`, whose end-offset lookup can take seconds under load: time spent here is not
                 # quiet (the idle flush then closed steps while this partition's next messages waited)
                 self.last_input_at[partition] = time.monotonic()
         for job in due:  # outside the lock: run_scoring takes it to commit, and a full queue waits for that
+            self.step_trace.mark(job.boundary, "applied", received_at)
             await self.score_queue.put(job)
+            self.step_trace.mark(job.boundary, "queued")
+
+    async def _decode_deltas(self, partition: int, messages: list[tuple[int, bytes | None, bytes | None, Headers]]
+                             ) -> list[tuple[int, int, DeltaColumns, int | None]]:
+        """(source, watermark, columns, idle end) of each authentic, well-formed message; the others go to the
+        DLQ, never applied."""
+        parts, max_ts_ms = [], latest_acceptable_ts_ms(self.config.max_future_s)
+        for offset, value, key, headers in messages:
+            if not await self.authentic(self.config.deltas_topic, partition, offset, key, value, headers):
+                continue
+            try:
+                parts.append(decode_deltas(value, self.config.partitions, max_ts_ms))
+            except InvalidInternalMessage as exc:
+                await self.reject_internal(self.config.deltas_topic, partition, offset, value, str(exc))
+        return parts
 
     def _count(self, update: StateUpdate) -> None:
         self.counters.counted += update.applied_events
@@ -356,6 +383,7 @@ class Pipeline(StageOne, MergeStep, StatusReporting):
                 candidates = partition_candidates(job.batch, forecast, self.config.top_k, scorer.name)
             message = CandidatesMessage(job.boundary, job.state.partition, candidates)
             await self.send_internal(self.config.candidates_topic, message.encode(), 0)
+            self.step_trace.mark(job.boundary, "scored")
             if job.commit:
                 await self._commit_scored(job)
 

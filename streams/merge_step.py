@@ -68,6 +68,7 @@ class MergeStep:
             boundary = int(key[len(b"pending:"):])
             if boundary > complete_upto:
                 break
+            self.step_trace.mark(boundary, "merged")
             candidates = [c for part in orjson.loads(pending[key]).values() for c in part]
             with metrics.STEP_SECONDS.time():
                 with metrics.EXPLAIN_SECONDS.time():
@@ -75,6 +76,7 @@ class MergeStep:
                 sends = [await self.app.producer.send(self.config.topics.trending, str(boundary).encode(),
                                                       orjson.dumps(record), None, None, None) for record in records]
                 await asyncio.gather(*sends)
+            self.step_trace.mark(boundary, "emitted")
             self.last_step = records or self.last_step
             self.counters.steps_scored += 1
             self.counters.trends_emitted += len(records)

@@ -37,6 +37,7 @@ class StageOne:
                     headers = self.internal_keys.headers(self.config.deltas_topic, target, None, value)
                     sends.append(await producer.send(self.config.deltas_topic, None, value, target, None, headers))
         await asyncio.gather(*sends)
+        self._trace_crossings(batch.watermarks)
         for source, offset, _ in messages:
             if offset >= self.source_read_upto.get(source, 0):
                 self.source_read_upto[source] = offset + 1
@@ -45,6 +46,15 @@ class StageOne:
         for _source, _offset, rejection in batch.rejections:
             self.counters.dlq_by_reason[rejection.code] = self.counters.dlq_by_reason.get(rejection.code, 0) + 1
         self.counters.duplicates += batch.duplicates
+
+    def _trace_crossings(self, watermarks: dict[int, int]) -> None:
+        """Step trace: the boundaries each source's sent watermark crossed with this batch."""
+        for source, watermark in watermarks.items():
+            slot = self.config.spec.watermark_slot(watermark)
+            previous = self.stage1_slots.get(source)
+            if previous is None or slot > previous:
+                self.stage1_slots[source] = slot
+                self.step_trace.mark_crossed(previous, slot, "stage1_sent")
 
     async def declare_idle_sources(self) -> None:
         """Declare idle every input partition this worker reads that it has processed to its end and that sent
