@@ -35,6 +35,7 @@ class MergeStep:
         except InvalidInternalMessage as exc:
             await self.reject_internal(self.config.candidates_topic, 0, offset, value, str(exc))
             return
+        self.step_trace.mark(message.boundary, "candidates_read")
         progress = MergeProgress.decode(self.merge_db.get(b"progress"))
         if not progress.is_new(message):
             return  # re-delivered after a crash

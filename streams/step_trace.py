@@ -1,9 +1,10 @@
 """When each step passed each hop of the worker, in wall-clock time: the latency profile of a boundary.
 
-A boundary's path (`streams.stage_one` -> `streams.app` -> `streams.merge_step`): `stage1_sent` (stage 1 sent
-deltas whose source watermark crossed it), `applied` (stage 2 applied the deltas that let the partition's
-watermark cross it), `queued` (its scoring job entered the queue), `scored` (the partition's candidates were
-acked), `merged` (the merge step had every partition's candidates), `emitted` (its trend records were acked).
+A boundary's path (`streams.stage_one` -> `streams.app` -> `streams.merge_step`): `stage1_read` (stage 1's batch
+holding the events that crossed it began), `stage1_sent` (that batch's deltas were acked), `applied` (stage 2's
+batch whose deltas let the partition's watermark cross it began), `queued` (its scoring job entered the
+queue), `scored` (the partition's candidates were acked), `candidates_read` (the merge step read them),
+`merged` (the merge step had every partition's candidates), `emitted` (its trend records were acked).
 Each stage keeps the *latest* mark per boundary: the step waits for the last source and the last partition.
 Marks are kept for the newest `capacity` boundaries only (bounded memory); the status file carries them so
 `trail bench latency` can split the time from window end to record. No I/O here.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 
-STAGES = ("stage1_sent", "applied", "queued", "scored", "merged", "emitted")
+STAGES = ("stage1_read", "stage1_sent", "applied", "queued", "scored", "candidates_read", "merged", "emitted")
 
 
 class StepTrace:
