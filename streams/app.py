@@ -2,7 +2,7 @@
 
 One click's path: `count_clicks` (stage 1: decode, validate, DLQ, de-duplicate, pre-aggregate,
 `streams.deltas`) -> internal deltas topic, routed to the item's partition -> `apply_deltas` (stage 2:
-`streams.state` adds the deltas to the item's ring, written once per message to RocksDB and its
+`streams.state` adds a batch's deltas to the rings, one write per table partition to RocksDB and its
 changelog) -> when the watermark crosses a slot boundary, the partition's top-K candidates
 (`streams.scoring_loop`) -> `merge_partitions` (one partition) -> global top-K trend v1 records on
 `trending-items`.
