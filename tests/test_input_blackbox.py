@@ -50,6 +50,34 @@ def first_entries_message(replay, topic: str, timeout_s: float = 30) -> tuple[in
     raise TimeoutError(f"no deltas message with entries on {topic}")
 
 
+def wait_committed(replay, topic: str, timeout_s: float = 30) -> None:
+    """Poll until the worker's group has committed every message of `topic` (end offsets read back from the
+    topic itself: tansu's ListOffsets is off for multi-record batches)."""
+    reader = Consumer({"bootstrap.servers": replay.bootstrap, "group.id": f"{topic}-ends", "enable.auto.commit": False})
+    try:
+        partitions = list(reader.list_topics(topic, timeout=10).topics[topic].partitions)
+        reader.assign([TopicPartition(topic, p, 0) for p in partitions])
+        ends, quiet_since = {}, time.monotonic()
+        while time.monotonic() - quiet_since < 1.0:
+            message = reader.poll(0.2)
+            if message is not None and message.error() is None:
+                ends[message.partition()] = message.offset() + 1
+                quiet_since = time.monotonic()
+        deadline = time.monotonic() + timeout_s
+        group = Consumer({"bootstrap.servers": replay.bootstrap, "group.id": replay.name, "enable.auto.commit": False})
+        try:
+            while time.monotonic() < deadline:
+                committed = group.committed([TopicPartition(topic, p) for p in ends], timeout=10)
+                if all(tp.offset >= ends[tp.partition] for tp in committed):
+                    return
+                time.sleep(0.3)
+        finally:
+            group.close()
+    finally:
+        reader.close()
+    raise TimeoutError(f"group {replay.name} never committed {topic} up to {ends}")
+
+
 def conserved(status: dict, events_in: int) -> bool:
     return status.get("counted", 0) + status.get("dlq", 0) + status.get("duplicates", 0) == events_in
 
@@ -85,6 +113,9 @@ def test_an_integral_float_ts_goes_to_the_dlq_and_a_restart_still_counts(make_re
     replay.produce_raw([b'{"item_id": "f", "ts": %d.0}' % events[0]["ts"], b'{"item_id": "g", "ts": 1.7e12}'])
     replay.produce(events[:150])
     worker.wait_for(lambda s: conserved(s, 152), 60, "first half accounted for")
+    # the restart must not DLQ them again only once their offsets are committed (faust commits every 2.8 s;
+    # the kill used to come after it only because every hop was slow)
+    wait_committed(replay, replay.topics["clicks"])
     worker.kill()
     worker = replay.start_worker()
     replay.produce(events[150:])
