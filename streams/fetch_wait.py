@@ -1,8 +1,8 @@
 """The worker consumer's fetch wait: faust hard-codes `fetch_max_wait_ms=1500` for it; this sets our own.
 
 A Kafka broker answers a waiting fetch as soon as data arrives, so there the wait only bounds how long an idle
-consumer's request is held. tansu (the embedded broker) holds a fetch that found nothing for the full wait
-even when data arrives meanwhile (measured: 0.4-0.7 s per message with 1,500 ms, ~10 ms with 100 ms), and a
+consumer's request is held. tansu (the embedded broker) holds a fetch that found nothing for much of its wait
+even when data arrives meanwhile (measured: 0.38-0.72 s per message with 1,500 ms, ~10 ms with 100 ms), and a
 step crosses three consumed hops (clicks, deltas, candidates), so the wait was a large part of the time from
 a window's end to its record (`trail bench latency`, docs/benchmarks.md). A short wait costs an idle worker
 a few more fetch requests per second.
