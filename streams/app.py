@@ -1,8 +1,8 @@
 """The Faust app: topics, tables and four thin agents that delegate to the pure modules.
 
-One click's path: `count_clicks` (stage 1: decode, validate, DLQ, de-duplicate, pre-aggregate,
+One click's path: `count_clicks` (stage 1: decode, validate, de-duplicate, pre-aggregate,
 `streams.deltas`) -> internal deltas topic, routed to the item's partition -> `apply_deltas` (stage 2:
-`streams.state` adds the deltas to the item's ring, written once per message to RocksDB and its
+`streams.state` adds a batch's deltas to the rings, one write per table partition to RocksDB and its
 changelog) -> when the watermark crosses a slot boundary, the partition's top-K candidates
 (`streams.scoring_loop`) -> `merge_partitions` (one partition) -> global top-K trend v1 records on
 `trending-items`.
@@ -12,8 +12,9 @@ buffer per key, ~100x slower): `streams.table_store` sends each write as one cha
 the acks, then applies it locally in one WriteBatch with the persisted offset; recovery applies whole
 groups only. In-memory state moves only after a commit succeeded.
 
-`Pipeline` holds the worker's state and the agents' bodies; its stage 1 (`streams.stage_one`), merge step
-(`streams.merge_step`) and status reporting (`streams.status_report`) are parts of it in modules of their own.
+`Pipeline` holds the worker's state and the agents' bodies; its stage 1 (`streams.stage_one`), stage 2
+(`streams.stage_two`), merge step (`streams.merge_step`) and status reporting (`streams.status_report`) are
+parts of it in modules of their own.
 
 Internal messages (deltas, candidates) carry an HMAC-SHA256 tag in a header (`infra.internal_auth`): the
 agents that read them check it before anything is parsed; an untagged or mis-tagged message goes to the DLQ
@@ -36,27 +37,25 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import faust
-import orjson
-from faust.types import TP
 
 from infra.internal_auth import Headers, InternalKeys
-from models.features import FeatureBatch
 from streams import metrics
 from streams.catalogue import catalogue_text, validate_catalogue_record
 from streams.config import WorkerConfig
-from streams.deltas import DeltaRouter, InvalidInternalMessage, decode_deltas
-from streams.events import Rejection, dlq_record, latest_acceptable_ts_ms
+from streams.deltas import DeltaRouter
+from streams.events import Rejection, dlq_record
 from streams.merge import CandidatesMessage
 from streams.merge_step import MergeStep
 from streams.recovery_watch import RecoveryWatch
 from streams.scorer_runtime import ScorerRuntime
 from streams.scoring_loop import (
-    features_at,
     partition_candidates,
 )
 from streams.stage_one import StageOne
-from streams.state import PartitionState, StateUpdate
+from streams.stage_two import ScoringJob, StageTwo
+from streams.state import PartitionState
 from streams.status_report import StatusReporting
+from streams.step_trace import StepTrace
 from streams.table_store import TableWriter, partition_db, register_store
 
 log = logging.getLogger("trail.worker")
@@ -100,7 +99,7 @@ def create_app(config: WorkerConfig, runtime: ScorerRuntime, internal_keys: Inte
         broker_session_timeout=10,        # tansu holds JoinGroup for session_timeout / 2
         broker_max_poll_records=20_000,
         consumer_auto_offset_reset="earliest",
-        producer_linger_ms=5,
+        producer_linger_ms=1,             # every hop of a step awaits acks: 5 ms each added ~0.05 s to a step
         producer_max_batch_size=512 * 1024,   # changelog writes go out as whole record batches
         producer_max_request_size=4 * 1024 * 1024,  # a deltas message of one 1 MiB input message fits
         table_cleanup_interval=3600,
@@ -118,9 +117,11 @@ def create_app(config: WorkerConfig, runtime: ScorerRuntime, internal_keys: Inte
 
     @app.agent(pipeline.deltas_topic)
     async def apply_deltas(stream):
-        async for event in stream.events():
-            message = event.message
-            await stop(pipeline.apply, message.partition, message.offset, message.value, message.key, message.headers)
+        # batched so the table partitions apply side by side (their changelog writes share produce requests);
+        # faust acks a batch only after its body returned
+        async for events in stream.take_events(config.deltas_batch_max, within=config.deltas_batch_within_s):
+            await stop(pipeline.apply_batch, [(e.message.partition, e.message.offset, e.message.value,
+                                               e.message.key, e.message.headers) for e in events])
 
     @app.agent(pipeline.items_topic)
     async def store_items(stream):
@@ -155,21 +156,7 @@ def create_app(config: WorkerConfig, runtime: ScorerRuntime, internal_keys: Inte
     return app
 
 
-@dataclass
-class ScoringJob:
-    """One partition's snapshot at one boundary, forecast off the deltas agent.
-
-    `batch` None: a progress report only (nothing to score up to `boundary`, so the merge step need not
-    wait for this partition). `commit`: record the boundary as scored once the candidates are sent.
-    """
-
-    state: PartitionState
-    boundary: int
-    batch: FeatureBatch | None
-    commit: bool = True
-
-
-class Pipeline(StageOne, MergeStep, StatusReporting):
+class Pipeline(StageOne, StageTwo, MergeStep, StatusReporting):
     """The worker's state and the agents' bodies; holds no logic a pure module could hold."""
 
     def __init__(self, app: faust.App, config: WorkerConfig, runtime: ScorerRuntime,
@@ -206,6 +193,8 @@ class Pipeline(StageOne, MergeStep, StatusReporting):
         self.recovery_watch = RecoveryWatch(config.recovery_stall_s, config.recovery_give_up_s)
         self.recovery_state: dict = {"recovering": False}
         self.last_step: list[dict] = []   # the latest emitted step's records, for the live page
+        self.step_trace = StepTrace()     # when each boundary passed each hop (status file, `trail bench latency`)
+        self.stage1_slots: dict[int, int] = {}   # stage 1: per source, the last boundary its sent watermark crossed
 
     async def fail_stop(self, body: Callable[..., Awaitable[None]], *args) -> None:
         """Run an agent's body; if it raises, log, write the status and exit at once (nothing acked)."""
@@ -246,116 +235,6 @@ class Pipeline(StageOne, MergeStep, StatusReporting):
         await self.writer.send(self.config.topics.dlq, None, record)
         self.counters.dlq_internal += 1
 
-    # --- stage 2 ---------------------------------------------------------------------------------------
-
-    def state_for(self, partition: int) -> PartitionState:
-        state = self.states.get(partition)
-        if state is None:
-            state = self.states[partition] = PartitionState(
-                partition, partition_db(self.counts_table, partition), self.config.spec, self.config.partitions,
-                self.config.max_candidates, input_incarnation=self.config.input_incarnation)
-            self.locks.setdefault(partition, asyncio.Lock())
-        return state
-
-    async def apply(self, partition: int, offset: int, value: bytes | None, key: bytes | None,
-                    headers: Headers) -> None:
-        if not await self.authentic(self.config.deltas_topic, partition, offset, key, value, headers):
-            return
-        try:
-            source, watermark, columns, idle_end = decode_deltas(value, self.config.partitions,
-                                                             latest_acceptable_ts_ms(self.config.max_future_s))
-        except InvalidInternalMessage as exc:
-            await self.reject_internal(self.config.deltas_topic, partition, offset, value, str(exc))
-            return
-        state = self.state_for(partition)
-        async with self.locks[partition]:
-            if self.states.get(partition) is not state:
-                return  # revoked while waiting: the new owner applies it (the offset was not committed)
-            update = state.apply_deltas(source, watermark, columns, idle_end)
-            await self._publish_dlq(update)     # before the commit: a crash in between repeats, never loses
-            await self.writer.commit(self.counts_table, partition, update.writes)
-            state.accept(update)
-            self._count(update)
-            due = await self.due_jobs(state, idle=False)
-            if idle_end is None or partition not in self.last_input_at:
-                # an idle declaration is not input: the declarations repeat every --source-idle-timeout-s and
-                # kept the idle flush (quiet for --idle-flush-s) from ever firing when that was shorter. Taken
-                # after `due_jobs`, whose end-offset lookup can take seconds under load: time spent here is not
-                # quiet (the idle flush then closed steps while this partition's next messages waited)
-                self.last_input_at[partition] = time.monotonic()
-        for job in due:  # outside the lock: run_scoring takes it to commit, and a full queue waits for that
-            await self.score_queue.put(job)
-
-    async def _publish_dlq(self, update: StateUpdate) -> None:
-        """Publish the DLQ records of bad input that this partition owns and has not published yet."""
-        if not update.dlq_records:
-            return
-        producer = self.app.producer
-        sends = [await producer.send(self.config.topics.dlq, None, orjson.dumps(record), None, None, None)
-                 for record in update.dlq_records]
-        await asyncio.gather(*sends)
-        self.counters.dlq += len(update.dlq_records)
-        for record in update.dlq_records:
-            code = str(record.get("reason_code", ""))
-            self.counters.dlq_by_reason[code] = self.counters.dlq_by_reason.get(code, 0) + 1
-
-    def _count(self, update: StateUpdate) -> None:
-        self.counters.counted += update.applied_events
-        if update.applied_events:
-            self.counters.last_counted_at = time.time()
-        self.counters.late += update.late_events
-        self.counters.redelivered_skipped += update.skipped_entries
-        self.counters.duplicates += update.duplicate_events
-
-    async def due_jobs(self, state: PartitionState, idle: bool) -> list[ScoringJob]:
-        """`snapshot_due`, once every source declared idle that the watermark's advance relies on is checked
-        against its end offset now (called with the partition's lock held)."""
-        if (idle and state.every_source_idle()) or state.advance_relies_on_idle():
-            await self.confirm_idle(state)
-        # the idle flush closes what the data reached only once every input partition is read to its end:
-        # a reader busy with a backlog (a restart, a large batch) is not a quiet stream
-        return self.snapshot_due(state, idle and state.every_source_idle())
-
-    async def confirm_idle(self, state: PartitionState) -> None:
-        """Ask the broker for the idle sources' end offsets; any that moved (or cannot be read) is not idle."""
-        clicks = self.config.topics.clicks
-        try:
-            ends = await self.app.consumer.highwaters(*(TP(clicks, source) for source in state.idle_sources))
-        except Exception:  # noqa: BLE001 - broker busy or unreachable: hold the watermark, ask again later
-            log.warning("trail: could not read the input's end offsets; idle sources hold the watermark",
-                        exc_info=True)
-            ends = {}
-        state.confirm_idle({tp.partition: end for tp, end in ends.items()})
-
-    def snapshot_due(self, state: PartitionState, idle: bool) -> list[ScoringJob]:
-        """Scoring jobs for the due boundaries (at most a bounded number per call; the rest stay due),
-        snapshotted now (features read only slots before the boundary).
-
-        The model runs in `run_scoring`, not here, so the deltas agent keeps applying while a step is
-        scored; a full queue (scoring slower than the data) holds the agent back.
-        """
-        reach = state.reach_slot(idle)
-        if state.next_boundary is None or state.empty_until(reach if reach is not None else -(2**62)) is not None:
-            return self._progress_only(state, reach)
-        jobs = []
-        boundaries = state.due_boundaries(idle)
-        snapshot = state.snapshot() if boundaries else None   # one read of the rings serves every boundary
-        for boundary in boundaries:
-            batch = features_at(snapshot, boundary, self.config.spec, self._texts_of(state.partition))
-            state.advance(boundary)
-            jobs.append(ScoringJob(state, boundary, batch))
-        return jobs
-
-    def _progress_only(self, state: PartitionState, reach: int | None) -> list[ScoringJob]:
-        """No data yet, or only empty windows up to `reach`: report progress so the merge step never waits."""
-        if reach is None or reach <= self.empty_reported.get(state.partition, -(2**62)):
-            return []
-        self.empty_reported[state.partition] = reach
-        if state.next_boundary is None:
-            return [ScoringJob(state, reach, None, commit=False)]
-        state.advance(reach)
-        return [ScoringJob(state, reach, None)]
-
     @functools.cached_property
     def score_queue(self) -> asyncio.Queue:
         return asyncio.Queue(maxsize=64)
@@ -373,6 +252,7 @@ class Pipeline(StageOne, MergeStep, StatusReporting):
                 candidates = partition_candidates(job.batch, forecast, self.config.top_k, scorer.name)
             message = CandidatesMessage(job.boundary, job.state.partition, candidates)
             await self.send_internal(self.config.candidates_topic, message.encode(), 0)
+            self.step_trace.mark(job.boundary, "scored")
             if job.commit:
                 await self._commit_scored(job)
 

@@ -34,7 +34,10 @@ class WorkerConfig:
     data_dir: Path = Path("artifacts/worker")
     internal_key_file: Path | None = None    # internal-message keys (infra.internal_auth); None: env, else default
     batch_max_messages: int = 20_000
-    batch_within_s: float = 0.25
+    batch_within_s: float = 0.1              # a stage-1 batch ends after this long: each step waits for one
+    fetch_max_wait_ms: int = 100             # a fetch the broker may hold (faust's 1,500 ms: tansu holds it all)
+    deltas_batch_max: int = 1000             # stage 2: deltas messages per batch (table partitions apply in parallel)
+    deltas_batch_within_s: float = 0.02      # ... and the longest a batch waits to fill
     batch_drain: bool = True                 # one flow-control wait per fetched batch (streams.batch_drain)
     dedup_capacity: int = 1_000_000          # recent event ids remembered per worker (bounded memory)
     min_ts_ms: int = MIN_TS_MS               # earlier event times are rejected (2000-01-01)

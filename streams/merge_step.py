@@ -35,6 +35,7 @@ class MergeStep:
         except InvalidInternalMessage as exc:
             await self.reject_internal(self.config.candidates_topic, 0, offset, value, str(exc))
             return
+        self.step_trace.mark(message.boundary, "candidates_read")
         progress = MergeProgress.decode(self.merge_db.get(b"progress"))
         if not progress.is_new(message):
             return  # re-delivered after a crash
@@ -68,6 +69,7 @@ class MergeStep:
             boundary = int(key[len(b"pending:"):])
             if boundary > complete_upto:
                 break
+            self.step_trace.mark(boundary, "merged")
             candidates = [c for part in orjson.loads(pending[key]).values() for c in part]
             with metrics.STEP_SECONDS.time():
                 with metrics.EXPLAIN_SECONDS.time():
@@ -75,6 +77,7 @@ class MergeStep:
                 sends = [await self.app.producer.send(self.config.topics.trending, str(boundary).encode(),
                                                       orjson.dumps(record), None, None, None) for record in records]
                 await asyncio.gather(*sends)
+            self.step_trace.mark(boundary, "emitted")
             self.last_step = records or self.last_step
             self.counters.steps_scored += 1
             self.counters.trends_emitted += len(records)

@@ -45,6 +45,7 @@ def run_worker(config: WorkerConfig) -> int:
     from infra.internal_auth import load_internal_keys
     from infra.tansu_shim import install_end_offset_fix, should_apply_fix
     from streams.app import create_app
+    from streams.fetch_wait import install_fetch_max_wait
     from streams.scorer_runtime import ScorerRuntime
     from streams.topics import ensure_worker_topics
 
@@ -68,6 +69,7 @@ def run_worker(config: WorkerConfig) -> int:
         install_end_offset_fix()
         log.info("embedded broker detected: end-offset fix installed")
     app = create_app(config, runtime, internal_keys)
+    install_fetch_max_wait(app, config.fetch_max_wait_ms)
     if config.batch_drain:
         from streams.batch_drain import install_batch_drain
 

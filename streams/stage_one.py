@@ -21,7 +21,7 @@ class StageOne:
     async def ingest(self, messages: list[tuple[int, int, bytes | None]]) -> None:
         if not self.counters.first_input_at:
             self.counters.first_input_at = time.time()
-        now = time.monotonic()
+        now, read_at = time.monotonic(), time.time()
         for source, _, _ in messages:
             self.source_heard_at[source] = now
             self.idle_declared.pop(source, None)
@@ -37,6 +37,7 @@ class StageOne:
             for value in encode_rejections(source, batch.watermarks[source], rejected):
                 sends.append(await self._send_deltas(target, value))
         await asyncio.gather(*sends)
+        self._trace_crossings(batch.watermarks, read_at)
         for source, offset, _ in messages:
             if offset >= self.source_read_upto.get(source, 0):
                 self.source_read_upto[source] = offset + 1
@@ -55,6 +56,16 @@ class StageOne:
             record = dlq_record(rejection, self.config.topics.clicks, source, offset)
             by_source.setdefault(source, []).append((offset, record))
         return by_source
+
+    def _trace_crossings(self, watermarks: dict[int, int], read_at: float) -> None:
+        """Step trace: the boundaries each source's sent watermark crossed with this batch (read at `read_at`)."""
+        for source, watermark in watermarks.items():
+            slot = self.config.spec.watermark_slot(watermark)
+            previous = self.stage1_slots.get(source)
+            if previous is None or slot > previous:
+                self.stage1_slots[source] = slot
+                self.step_trace.mark_crossed(previous, slot, "stage1_read", read_at)
+                self.step_trace.mark_crossed(previous, slot, "stage1_sent")
 
     async def declare_idle_sources(self) -> None:
         """Declare idle every input partition this worker reads that it has processed to its end and that sent

@@ -56,19 +56,18 @@ class StateCorrupt(RuntimeError):
 
 @dataclass
 class StateUpdate:
-    """What one deltas message changes: the keys to write, and the in-memory changes `accept` makes."""
+    """What one or more deltas messages change: the keys to write, and the in-memory changes `accept` makes."""
 
-    source: int
-    idle_end: int | None = None    # the message declares its source idle as long as its end offset is this
+    sources: list[tuple[int, int | None]] = field(default_factory=list)   # (source, idle end or None), in order
     writes: dict[bytes, bytes] = field(default_factory=dict)
     applied_events: int = 0
     skipped_entries: int = 0       # re-delivered input, already counted
     duplicate_events: int = 0      # events whose id is stored already
     late_events: int = 0           # counted, but their slot was already scored (or older than the window)
-    source_max_ts_ms: int | None = None
-    applied_offset: int | None = None
+    source_max_ts_ms: dict[int, int] = field(default_factory=dict)
+    applied_offsets: dict[int, int] = field(default_factory=dict)
     dlq_records: list[dict] = field(default_factory=list)   # to publish before the writes are committed
-    dlq_offset: int | None = None
+    dlq_offsets: dict[int, int] = field(default_factory=dict)
     first_boundary: int | None = None
     max_data_slot: int | None = None
     hitter_items: list[str] = field(default_factory=list)
@@ -160,32 +159,32 @@ class PartitionState:
                      idle_end: int | None = None) -> StateUpdate:
         """What adding one deltas message to the rings writes; nothing changes until `accept`. `idle_end`: the
         message declares its source idle, read up to that end offset."""
-        update = StateUpdate(source, idle_end=idle_end)
-        if watermark_ms > self.source_max_ts_ms.get(source, -1):
-            update.source_max_ts_ms = watermark_ms
-            update.writes[WATERMARK_PREFIX + str(source).encode()] = str(watermark_ms).encode()
-        if columns.rejected:
-            self._dlq_records(source, columns.rejected, update)
-        if not columns.offsets:
+        return self.apply_messages([(source, watermark_ms, columns, idle_end)])
+
+    def apply_messages(self, messages: list[tuple[int, int, DeltaColumns, int | None]]) -> StateUpdate:
+        """What adding deltas messages (source, watermark, columns, idle end), in order, writes: the same as
+        applying them one by one, as one write (one changelog group instead of one per message)."""
+        update = StateUpdate()
+        fresh_parts = []
+        for source, watermark_ms, columns, idle_end in messages:
+            update.sources.append((source, idle_end))
+            if watermark_ms > update.source_max_ts_ms.get(source, self.source_max_ts_ms.get(source, -1)):
+                update.source_max_ts_ms[source] = watermark_ms
+                update.writes[WATERMARK_PREFIX + str(source).encode()] = str(watermark_ms).encode()
+            if columns.rejected:
+                self._dlq_records(source, columns.rejected, update)
+            part = self._fresh_entries(source, columns, update)
+            if part is None:
+                continue
+            if not fresh_parts and self.next_boundary is None:   # as if applied one by one: the first data
+                update.first_boundary = self.first_boundary(part[1], watermark_ms, update)
+            fresh_parts.append(part)
+        if not fresh_parts:
             return update
-        offsets = np.asarray(columns.offsets, dtype=np.int64)
-        fresh = offsets > self.applied.get(source, -1)
-        update.skipped_entries = int((~fresh).sum())
-        if not fresh.any():
-            return update
-        items = np.asarray(columns.items, dtype=object)[fresh]
-        slots = np.asarray(columns.slots, dtype=np.int64)[fresh]
-        counts = np.asarray(columns.counts, dtype=np.int64)[fresh]
-        update.applied_offset = int(offsets.max())
-        update.writes[self.applied_prefix + str(source).encode()] = str(update.applied_offset).encode()
-        if columns.event_ids:
-            first = self._first_sightings(np.asarray(columns.event_ids, dtype=object)[fresh], slots, update)
-            items, slots, counts = items[first], slots[first], counts[first]
-            if not len(items):
-                return update
+        items, slots, counts = (np.concatenate([part[k] for part in fresh_parts]) for k in range(3))
         next_boundary = self.next_boundary
         if next_boundary is None:
-            next_boundary = update.first_boundary = self.first_boundary(slots, watermark_ms)
+            next_boundary = update.first_boundary
             update.writes[NEXT_BOUNDARY_KEY] = str(next_boundary).encode()
             update.writes[GEOMETRY_KEY] = self.geometry
         update.applied_events = int(counts.sum())
@@ -196,11 +195,33 @@ class PartitionState:
 
     def _dlq_records(self, source: int, rejected: list[tuple[int, dict]], update: StateUpdate) -> None:
         """The DLQ records of source offsets not yet published (a re-read after a crash publishes nothing)."""
-        published = self.dlq_published.get(source, -1)
-        update.dlq_records = [record for offset, record in rejected if offset > published]
-        if update.dlq_records:
-            update.dlq_offset = rejected[-1][0]
-            update.writes[self.dlq_prefix + str(source).encode()] = str(update.dlq_offset).encode()
+        published = update.dlq_offsets.get(source, self.dlq_published.get(source, -1))
+        fresh = [record for offset, record in rejected if offset > published]
+        if fresh:
+            update.dlq_records += fresh
+            update.dlq_offsets[source] = rejected[-1][0]
+            update.writes[self.dlq_prefix + str(source).encode()] = str(rejected[-1][0]).encode()
+
+    def _fresh_entries(self, source: int, columns: DeltaColumns, update: StateUpdate):
+        """(items, slots, counts) of the entries past the source's applied offset (the stored one, or an
+        earlier message's in `update`) whose event id is not stored yet, else None; records the new applied
+        offset and the ids."""
+        if not columns.offsets:
+            return None
+        offsets = np.asarray(columns.offsets, dtype=np.int64)
+        fresh = offsets > update.applied_offsets.get(source, self.applied.get(source, -1))
+        update.skipped_entries += int((~fresh).sum())
+        if not fresh.any():
+            return None
+        update.applied_offsets[source] = int(offsets.max())
+        update.writes[self.applied_prefix + str(source).encode()] = str(int(offsets.max())).encode()
+        items = np.asarray(columns.items, dtype=object)[fresh]
+        slots = np.asarray(columns.slots, dtype=np.int64)[fresh]
+        counts = np.asarray(columns.counts, dtype=np.int64)[fresh]
+        if columns.event_ids:
+            first = self._first_sightings(np.asarray(columns.event_ids, dtype=object)[fresh], slots, update)
+            items, slots, counts = items[first], slots[first], counts[first]
+        return (items, slots, counts) if len(items) else None
 
     def _first_sightings(self, event_ids: np.ndarray, slots: np.ndarray, update: StateUpdate) -> np.ndarray:
         """Mask of the entries to count: those without an id, and the first sighting of each id."""
@@ -212,31 +233,31 @@ class PartitionState:
                 keep[k] = False
             else:
                 update.writes[key] = str(int(slots[k])).encode()
-        update.duplicate_events = int((~keep).sum())
+        update.duplicate_events += int((~keep).sum())
         return keep
 
-    def first_boundary(self, slots: np.ndarray, watermark_ms: int) -> int:
+    def first_boundary(self, slots: np.ndarray, watermark_ms: int, update: StateUpdate | None = None) -> int:
         """The first boundary: after the first data, but at most FIRST_SIGHT_WINDOWS windows behind the
-        newest event seen. A backfill of recent history is scored step by step; an event from years ago
-        does not make every slot since then due (it is counted, and reported as late)."""
-        newest_ms = max([watermark_ms, *self.source_max_ts_ms.values()])
+        newest event seen (`update`: including its messages' watermarks). A backfill of recent history is
+        scored step by step; an event from years ago does not make every slot since then due (it is
+        counted, and reported as late)."""
+        pending = update.source_max_ts_ms.values() if update is not None else ()
+        newest_ms = max([watermark_ms, *self.source_max_ts_ms.values(), *pending])
         horizon = FIRST_SIGHT_WINDOWS * self.spec.window_slots
         return max(int(slots.min()) + 1, self.spec.watermark_slot(newest_ms) - horizon + 1)
 
     def accept(self, update: StateUpdate) -> None:
         """The update is committed: move the in-memory bookkeeping to match the store."""
-        if update.idle_end is not None:
-            self.idle_sources[update.source] = update.idle_end
-        elif update.source in self.idle_sources:
-            # the stream wakes up: every idle source must declare again (its reader repeats that every
-            # timeout), so the first source to resume cannot drag the watermark past the others' new data
-            self.idle_sources.clear()
-        if update.source_max_ts_ms is not None:
-            self.source_max_ts_ms[update.source] = update.source_max_ts_ms
-        if update.applied_offset is not None:
-            self.applied[update.source] = update.applied_offset
-        if update.dlq_offset is not None:
-            self.dlq_published[update.source] = update.dlq_offset
+        for source, idle_end in update.sources:
+            if idle_end is not None:
+                self.idle_sources[source] = idle_end
+            elif source in self.idle_sources:
+                # the stream wakes up: every idle source must declare again (its reader repeats that every
+                # timeout), so the first source to resume cannot drag the watermark past the others' new data
+                self.idle_sources.clear()
+        self.source_max_ts_ms.update(update.source_max_ts_ms)
+        self.applied.update(update.applied_offsets)
+        self.dlq_published.update(update.dlq_offsets)
         if update.first_boundary is not None:
             self.next_boundary = self.committed_next = update.first_boundary
         if update.max_data_slot is not None:

@@ -62,5 +62,6 @@ class StatusReporting:
         write_atomic_private(path, orjson.dumps({
             **self.counters.as_dict(), "scorer": self.runtime.scorer.name, "scorer_fallbacks": self.runtime.fallbacks,
             **self.runtime.text_vector_counters(),
-            "assigned": assigned, **self.recovery_state, "written_at": time.time(),
+            "assigned": assigned, **self.recovery_state, "step_trace": self.step_trace.as_dict(),
+            "written_at": time.time(),
             **({"failed": failed} if failed else {})}), mode=0o644)

@@ -269,3 +269,41 @@ def test_dlq_records_are_published_once_across_a_re_read_and_a_rebuild(tmp_path)
     again = DeltaColumns(rejected=[(7, {"offset": 7}), (9, {"offset": 9})])
     assert [r["offset"] for r in apply(rebuilt, db, 1, 0, again).dlq_records] == [9]
     assert apply(rebuilt, db, 0, 0, DeltaColumns(rejected=[(7, {"offset": 7})])).dlq_records != []  # per source
+
+
+def test_messages_applied_as_one_write_equal_the_same_messages_applied_one_by_one(tmp_path):
+    """Stage 2 applies a batch of deltas messages as one write (`apply_messages`): rings, event ids, applied
+    offsets, watermarks, idleness and the counters must come out as if each message were applied alone."""
+    rng = np.random.default_rng(11)
+    messages, next_offset = [], [0, 0, 0]
+    for k in range(60):
+        source = int(rng.integers(0, 3))
+        if k % 17 == 16:   # an idle declaration, then the source's data again later
+            messages.append((source, next_offset[source] * 1000, DeltaColumns(), next_offset[source]))
+            continue
+        first = max(0, next_offset[source] - int(rng.integers(0, 4)))   # some entries re-delivered
+        n = int(rng.integers(1, 8))
+        ids = [f"e{int(rng.integers(0, 40))}" if rng.random() < 0.3 else None for _ in range(n)]
+        columns = DeltaColumns(list(range(first, first + n)), [f"i{int(x)}" for x in rng.integers(0, 12, n)],
+                               [first // 3 + int(x) for x in rng.integers(0, 3, n)], rng.integers(1, 4, n).tolist(),
+                               ids if any(ids) else [])
+        next_offset[source] = first + n
+        messages.append((source, (first + n) // 3 * 60_000, columns, None))
+    one_db, batch_db = open_db(tmp_path / "one"), open_db(tmp_path / "batch")
+    one, batched = PartitionState(0, one_db, SPEC, n_sources=3), PartitionState(0, batch_db, SPEC, n_sources=3)
+    totals_one = [apply(one, one_db, *message) for message in messages]
+    totals_batched, start = [], 0
+    while start < len(messages):
+        size = int(rng.integers(1, 9))
+        update = batched.apply_messages(messages[start:start + size])
+        for key, value in update.writes.items():
+            batch_db.put(key, value)
+        batched.accept(update)
+        totals_batched.append(update)
+        start += size
+    for field in ("applied_events", "late_events", "skipped_entries", "duplicate_events"):
+        assert sum(getattr(u, field) for u in totals_one) == sum(getattr(u, field) for u in totals_batched), field
+    assert dict(one_db.items()) == dict(batch_db.items())
+    assert (one.applied, one.source_max_ts_ms, one.idle_sources, one.next_boundary, one.max_data_slot) == (
+        batched.applied, batched.source_max_ts_ms, batched.idle_sources, batched.next_boundary, batched.max_data_slot)
+    assert sorted(one.hitters.candidates()) == sorted(batched.hitters.candidates())

@@ -13,6 +13,7 @@ BENCH_MODULES = {
     "auth": "streams.bench_auth",
     "recovery": "streams.bench_recovery",
     "peer": "streams.bench_peer",
+    "latency": "streams.bench_latency",
 }
 
 

@@ -67,7 +67,13 @@ def add_parser(subparsers) -> None:
                         "created on first use")
     parser.add_argument("--app-id", default=WorkerConfig.app_id, help="consumer group / internal topic prefix")
     parser.add_argument("--batch-max-messages", type=int, default=WorkerConfig.batch_max_messages,
-                        help="clicks messages per stage-1 batch (at most; a batch also ends after 0.25 s)")
+                        help="clicks messages per stage-1 batch (at most; a batch also ends after --batch-within-s)")
+    parser.add_argument("--batch-within-s", type=float, default=WorkerConfig.batch_within_s,
+                        help="a stage-1 batch of clicks messages ends after this long (or at --batch-max-messages); "
+                        "the deltas, and so each step, wait for it (default %(default)s)")
+    parser.add_argument("--fetch-max-wait-ms", type=int, default=WorkerConfig.fetch_max_wait_ms,
+                        help="longest the broker may hold a fetch with nothing new (faust's own 1500 made each hop "
+                        "on the embedded broker up to that slow; default %(default)s)")
     parser.add_argument("--batch-drain", action=argparse.BooleanOptionalAction, default=WorkerConfig.batch_drain,
                         help="one flow-control wait per fetched batch instead of faust's one per message "
                              "(streams/batch_drain.py; ~2x single-event ingest); --no-batch-drain: faust's loop")
@@ -113,7 +119,8 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         partitions=args.partitions, spec=window_spec_from_args(args), top_k=args.top_k,
         max_candidates=args.max_candidates,
         data_dir=args.data_dir, internal_key_file=args.internal_key_file,
-        batch_max_messages=args.batch_max_messages, batch_drain=args.batch_drain, idle_flush_s=args.idle_flush_s,
+        batch_max_messages=args.batch_max_messages, batch_within_s=args.batch_within_s, batch_drain=args.batch_drain,
+        fetch_max_wait_ms=args.fetch_max_wait_ms, idle_flush_s=args.idle_flush_s,
         max_future_s=args.max_future_s, min_ts_ms=args.min_event_time,
         recovery_give_up_s=args.recovery_give_up_s, source_idle_timeout_s=args.source_idle_timeout_s,
         scorer=args.scorer, scorer_sha256=args.scorer_sha256, step_budget_s=args.step_budget_s,
