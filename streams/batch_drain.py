@@ -8,12 +8,8 @@ commit-every, yielding to the event loop every 100 messages) but delivers a whol
 cancelled where it stands and the undelivered messages keep their read offsets unset, so they are fetched
 again, never skipped. Faust agents, streams, acks and the commit path are unchanged.
 
-Owns only this loop; installed by `streams.runner.run_worker` when `WorkerConfig.batch_drain` is on
-(`trail worker --batch-drain`). Opt-in while one test is open: with it on,
-tests/test_input_blackbox.py::test_an_integral_float_ts_goes_to_the_dlq_and_a_restart_still_counts failed 1 run
-in 3 (the worker killed right after counting had not committed the offsets of its two DLQ'd messages, so
-the restart sent them to the DLQ again: at-least-once, but the test expects the commit), never without it.
-No window, state or scoring logic here.
+Owns only this loop; installed by `streams.runner.run_worker` when `WorkerConfig.batch_drain` is on (the
+default; `trail worker --no-batch-drain` keeps faust's loop). No window, state or scoring logic here.
 """
 
 from __future__ import annotations
