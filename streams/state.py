@@ -14,16 +14,17 @@ Keys in the partition's RocksDB database (and its changelog):
   deleted once every bucket, when their slot leaves it);
 - ``m:wm:<source partition>`` -> that source's max event time, from which the watermark is derived;
 - ``m:next`` -> the next scoring boundary slot (every boundary before it has been scored).
-`PartitionState.apply_deltas` computes what to write without changing anything; the caller
-(`streams.app`) commits it (changelog group + local write, `streams.table_store`) and only then calls
-`accept`, so memory never runs ahead of what is stored.
+`PartitionState.apply_messages` (and its one-message case `apply_deltas`) computes what to write without
+changing anything; the caller (`streams.stage_two`) publishes the DLQ records it names, commits it
+(changelog group + local write, `streams.table_store`) and only then calls `accept`, so memory never runs
+ahead of what is stored.
 
 The watermark is the minimum over the *active* source partitions of their max event time, less the
 allowed lateness, so it does not depend on how fast or in which interleaving a replay arrives. A source is
 idle once the worker reading it declared so (it has read everything in that partition and heard nothing new
-for a while: `streams.app`, like Flink's `withIdleness` but never during a catch-up). The declaration names
-the partition's end offset then, and holds only while that end offset stands: before the watermark moves
-because of an idle source, the caller asks the broker (`advance_relies_on_idle`, `confirm_idle`), so a
+for a while: `streams.stage_one`, like Flink's `withIdleness` but never during a catch-up). The
+declaration names the partition's end offset then, and holds only while that end offset stands: before the
+watermark moves because of an idle source, the caller asks the broker (`advance_relies_on_idle`, `confirm_idle`), so a
 source whose reader stalls (a rebalance, a restart) with new messages waiting holds the watermark back. An
 idle source rejoins with its next message; what a source sends behind the watermark is counted and reported
 as late. No Kafka I/O here.
