@@ -47,6 +47,11 @@ def add_bench_parser(benches) -> None:
                         help="extra `trail worker` flag (repeatable; e.g. --worker-arg=--batch-drain)")
     parser.add_argument("--bootstrap", default=None,
                         help="use this Kafka instead of starting an embedded broker (memory storage)")
+    parser.add_argument("--producer-linger-ms", type=float, default=50,
+                        help="the bench producer's linger.ms (default %(default)s; its wait is inside the measured "
+                             "latency, as events are stamped when made). The embedded broker lists every batch stored "
+                             "in a partition on each fetch, so a producer of small batches (5 ms: ~200 per partition "
+                             "and second) slows it as the run goes on: see docs/benchmarks.md")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="(the output is always one JSON object)")
     parser.set_defaults(func=run)
@@ -59,8 +64,9 @@ class PacedProducer(threading.Thread):
     every millisecond it sends what the clock says is due)."""
 
     def __init__(self, settings: KafkaSettings, topic: str, partitions: int, rate: float, n_items: int,
-                 seed: int) -> None:
+                 seed: int, linger_ms: float = 50) -> None:
         super().__init__(name="latency-producer", daemon=True)
+        self.linger_ms = linger_ms
         self.settings, self.topic, self.partitions = settings, topic, partitions
         self.rate, self.n_items, self.seed = rate, n_items, seed
         self.stop = threading.Event()
@@ -80,9 +86,9 @@ class PacedProducer(threading.Thread):
 
         rng = np.random.default_rng(self.seed)
         items = (rng.zipf(1.2, size=1 << 16) - 1) % self.n_items   # skewed popularity, cycled
-        # a short linger: the bench's producer should not be what delays the data (2 ms: tansu spent ~70 % of a
-        # core on the ~500 produce requests/s at 2,000 events/s)
-        settings = KafkaSettings(self.settings.bootstrap, {**self.settings.extra, "linger.ms": "5"})
+        # the linger bounds the batches per partition and second: tansu's fetch lists every batch a partition
+        # holds, so at 5 ms (~200 batches/s per partition) its fetches slowed the whole run down as it went on
+        settings = KafkaSettings(self.settings.bootstrap, {**self.settings.extra, "linger.ms": f"{self.linger_ms:g}"})
         with ClickProducer(settings, self.topic, self.partitions, envelope=1) as producer:
             started = time.monotonic()
             while not self.stop.is_set():
@@ -225,7 +231,8 @@ def measure_latency(args: argparse.Namespace) -> dict:
             workers = start_workers(args, bootstrap, name, Path(data_dir))
             try:
                 watcher = StepWatcher(settings, f"{name}-trending")
-                producer = PacedProducer(settings, f"{name}-clicks", args.partitions, args.rate, args.items, args.seed)
+                producer = PacedProducer(settings, f"{name}-clicks", args.partitions, args.rate, args.items, args.seed,
+                                         args.producer_linger_ms)
                 watcher.start()
                 producer.start()
                 producer.join(args.duration_s)
@@ -266,6 +273,7 @@ def report(args: argparse.Namespace, watcher: StepWatcher, producer: PacedProduc
         "achieved_rate": round(producer.sent / producer.seconds, 1) if producer.seconds else 0.0,
         "events_sent": producer.sent,
         "items": args.items,
+        "producer_linger_ms": args.producer_linger_ms,
         "duration_s": args.duration_s,
         "window": {"slot_s": args.slot_s, "bucket_s": args.bucket_s, "n_buckets": args.n_buckets,
                    "allowed_lateness_s": args.allowed_lateness_s},
@@ -289,7 +297,8 @@ def command_line(args: argparse.Namespace) -> str:
     parts = ["trail", "bench", "latency", "--rate", f"{args.rate:g}", "--items", str(args.items),
              "--duration-s", f"{args.duration_s:g}", "--slot-s", str(args.slot_s), "--bucket-s", str(args.bucket_s),
              "--n-buckets", str(args.n_buckets), "--allowed-lateness-s", str(args.allowed_lateness_s),
-             "--workers", str(args.workers), "--partitions", str(args.partitions), "--seed", str(args.seed)]
+             "--workers", str(args.workers), "--partitions", str(args.partitions),
+             "--producer-linger-ms", f"{args.producer_linger_ms:g}", "--seed", str(args.seed)]
     if args.bundle:
         parts += ["--bundle", args.bundle]
     if args.bootstrap:

@@ -33,6 +33,7 @@ def test_bench_latency_observes_steps_and_traces_every_hop(broker, capsys):
     assert result["command"].startswith("trail bench latency --rate 200 --items 50 --duration-s 22 --slot-s 5")
     assert result["steps"] >= 2 and result["workers_died"] == []
     assert result["events_sent"] > 0 and result["achieved_rate"] > 150
+    assert result["producer_linger_ms"] == 50 and "--producer-linger-ms 50 " in result["command"]
     assert {"n", "p50", "p99", "max"} <= set(result["latency_s"]) and result["latency_s"]["n"] == result["steps"]
     assert {"cpu_model", "logical_cpus", "load_avg_1_5_15"} <= set(result["machine"])
     for step in result["per_step"]:
