@@ -70,10 +70,6 @@ def run_worker(config: WorkerConfig) -> int:
         log.info("embedded broker detected: end-offset fix installed")
     app = create_app(config, runtime, internal_keys)
     install_fetch_max_wait(app, config.fetch_max_wait_ms)
-    if config.batch_drain:
-        from streams.batch_drain import install_batch_drain
-
-        install_batch_drain(app)
     app.trail_pipeline.start_status_thread()
 
     @app.task
