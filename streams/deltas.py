@@ -61,6 +61,16 @@ class DeltaColumns:
         if event_id is not None or self.event_ids:
             self.event_ids.append(event_id)
 
+    def extend_aggregated(self, offset: int, items: list[str], slots: list[int], counts: list[int]) -> None:
+        """`append(offset, item, slot, count, None)` for each of parallel lists, in one call."""
+        n = len(items)
+        self.offsets.extend([offset] * n)
+        self.items.extend(items)
+        self.slots.extend(slots)
+        self.counts.extend(counts)
+        if self.event_ids:
+            self.event_ids.extend([None] * n)
+
 
 @dataclass
 class RoutedBatch:
@@ -109,15 +119,28 @@ class DeltaRouter:
         """Events without an id are aggregated per (item, slot); events with one travel one by one, so the
         item's partition owner can drop an id it has stored (de-duplication across workers and restarts)."""
         slot_ms = self.spec.slot_ms
-        per_key: dict[tuple[str, int], int] = defaultdict(int)
+        per_key: dict[tuple[str, int], int] = {}
+        count_of = per_key.get
         identified = []
-        for event in events:
-            if event.event_id is None:
-                per_key[(event.item_id, event.ts_ms // slot_ms)] += 1
+        for item_id, ts_ms, _, event_id in events:
+            if event_id is None:
+                key = (item_id, ts_ms // slot_ms)
+                per_key[key] = count_of(key, 0) + 1
             else:
-                identified.append((event.item_id, event.ts_ms // slot_ms, event.event_id))
-        for (item_id, slot), count in per_key.items():
-            deltas[(source, self.partition_of(item_id))].append(offset, item_id, slot, count, None)
+                identified.append((item_id, ts_ms // slot_ms, event_id))
+        if per_key:
+            keys = list(per_key)
+            by_target: dict[int, tuple[list, list, list]] = {}
+            for (item_id, slot), count, target in zip(keys, per_key.values(),
+                                                      self.partition_of.many([k[0] for k in keys]), strict=True):
+                rows = by_target.get(target)
+                if rows is None:
+                    rows = by_target[target] = ([], [], [])
+                rows[0].append(item_id)
+                rows[1].append(slot)
+                rows[2].append(count)
+            for target, (items, slots, counts) in by_target.items():
+                deltas[(source, target)].extend_aggregated(offset, items, slots, counts)
         for item_id, slot, event_id in identified:
             deltas[(source, self.partition_of(item_id))].append(offset, item_id, slot, 1, event_id)
 

@@ -28,3 +28,11 @@ class PartitionCache:
                 self._cache.clear()
             partition = self._cache[item_id] = partition_for(item_id.encode(), self.n_partitions)
         return partition
+
+    def many(self, item_ids: list[str]) -> list[int]:
+        """`self(item_id)` for each, in one call (the hot path's per-item method call was a third of its cost)."""
+        get = self._cache.get
+        partitions = [get(item_id) for item_id in item_ids]
+        if None in partitions:
+            partitions = [self(item_id) if p is None else p for item_id, p in zip(item_ids, partitions, strict=True)]
+        return partitions
