@@ -79,14 +79,19 @@ def decode_envelope(payload: list, max_ts_ms: int, min_ts_ms: int = MIN_TS_MS) -
     add = events.append
     upper_ts_ms = min(max_ts_ms, _MAX_SCHEMA_TS_MS)
     for index, item in enumerate(payload):
-        # inline fast path for the ordinary event, {"item_id", "ts"} and nothing else, in range (stricter than
-        # plainly_valid: isprintable() refuses more than control characters); anything else takes the full check
-        if type(item) is dict and len(item) == 2:
+        # inline fast path for the ordinary event: item_id and ts in range, optionally user_id and event_id as
+        # short strings, no other key (stricter than plainly_valid: isprintable() refuses more than control
+        # characters); anything else takes the full check, which also gives the reasons
+        if type(item) is dict:
             item_id, ts_ms = item.get("item_id"), item.get("ts")
             if (type(item_id) is str and type(ts_ms) is int and 0 < len(item_id) <= 256 and item_id.isprintable()
                     and min_ts_ms <= ts_ms <= upper_ts_ms and ts_ms >= 0):
-                add(ClickEvent(item_id, ts_ms, None, None))
-                continue
+                user_id, event_id = item.get("user_id"), item.get("event_id")
+                if (len(item) == 2 + (user_id is not None) + (event_id is not None)
+                        and (user_id is None or (type(user_id) is str and 0 < len(user_id) <= 256))
+                        and (event_id is None or (type(event_id) is str and 0 < len(event_id) <= 256))):
+                    add(ClickEvent(item_id, ts_ms, user_id, event_id))
+                    continue
         event, reason, code = validate_event(item, max_ts_ms, min_ts_ms)
         if event is None:
             rejections.append(Rejection(orjson.dumps(item), reason, index, code))
