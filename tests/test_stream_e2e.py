@@ -43,9 +43,14 @@ def last_step_end(events: list[dict]) -> int:
     return (max(e["ts"] for e in events) // DAY_MS) * DAY_MS
 
 
-def test_trend_records_validate_and_counts_equal_a_recount(make_replay, unique_topic, tmp_path):
+@pytest.mark.parametrize("consumer_loop", ["batch-drain", "faust"])
+def test_trend_records_validate_and_counts_equal_a_recount(make_replay, unique_topic, tmp_path, consumer_loop):
+    """Both consumer loops: the batch drain (the default; clicks reach the agent in bulk, streams.batch_drain)
+    and faust's own (`--no-batch-drain`: per-message events through the stream and take_events)."""
     events = make_events(6000, n_items=12, days=35)
     replay = make_replay(unique_topic("e2e"), tmp_path, top_k=12)
+    if consumer_loop == "faust":
+        replay.extra_args = ["--no-batch-drain"]
     replay.start_worker()
     replay.wait_assigned()
     replay.produce(events)
