@@ -75,6 +75,9 @@ def context_ids(input_ids: np.ndarray, n_prefix: int) -> np.ndarray:
     return np.concatenate([np.zeros((input_ids.shape[0], n_prefix), dtype=np.int64), input_ids], axis=1)
 
 
+TEXT_ROW_CACHE = 50_000   # item texts whose token rows are kept (~32 ids each): tens of MB at most
+
+
 class PromptTokens:
     """Token ids of the prompt (<|im_start|> text \\n next <period>:) and of evidence lines, cached per text.
 
@@ -82,20 +85,24 @@ class PromptTokens:
     from a bundle's tokenizer.json).
     """
 
-    def __init__(self, tokenizer, bucket_s: int, max_text_tokens: int) -> None:
+    def __init__(self, tokenizer, bucket_s: int, max_text_tokens: int, cache_size: int = TEXT_ROW_CACHE) -> None:
         self.tokenizer = tokenizer
         self.max_text_tokens = max_text_tokens
         self.marker = self.encode(f"\nnext {period_word(bucket_s)}:")
-        self._cache: dict[str, list[int]] = {}
+        self.cache_size = max(1, cache_size)
+        self._cache: dict[str, list[int]] = {}   # insertion order: the oldest text is dropped first when full
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def text_row(self, text: str) -> list[int]:
         """<|im_start|> + the item text's first max_text_tokens tokens: what the text vector is read from."""
-        if text not in self._cache:
-            self._cache[text] = [BOS_ID, *self.encode(text)[: self.max_text_tokens]]
-        return self._cache[text]
+        row = self._cache.get(text)
+        if row is None:
+            if len(self._cache) >= self.cache_size:
+                del self._cache[next(iter(self._cache))]   # a worker's catalogue grows without end; this may not
+            row = self._cache[text] = [BOS_ID, *self.encode(text)[: self.max_text_tokens]]
+        return row
 
     def text_rows(self, texts: list[str]) -> list[list[int]]:
         return [self.text_row(t) for t in texts]
