@@ -83,6 +83,15 @@ class PipelineCollector(Collector):
                                   value=runtime.fallbacks)
         yield CounterMetricFamily("trail_scorer_reloads", "Changed bundles swapped in without a restart",
                                   value=runtime.reloads)
+        texts = runtime.text_vector_counters()
+        yield CounterMetricFamily("trail_text_vectors_read_in_steps", "Item texts read by the model inside a step "
+                                  "(not ahead: each one delayed that step)", value=texts["text_vectors_read_in_steps"])
+        yield CounterMetricFamily("trail_text_vectors_read_ahead", "Item texts read in the background as their "
+                                  "catalogue records arrived", value=texts["text_vectors_read_ahead"])
+        yield CounterMetricFamily("trail_text_vectors_dropped", "Item texts not queued for reading ahead (queue "
+                                  "full; a step reads them if it needs them)", value=texts["text_vectors_dropped"])
+        yield GaugeMetricFamily("trail_text_vectors_pending", "Item texts queued to be read ahead",
+                                value=texts["text_vectors_pending"])
         info = InfoMetricFamily("trail_scorer", "The scorer serving now (bundle sha256: its manifest's sha256)")
         info.add_metric([], {"name": scorer.name, "version": str(scorer.version), "model_sha256": scorer.sha256,
                              "bundle_sha256": getattr(scorer, "manifest_sha256", "")})

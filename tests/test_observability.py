@@ -48,6 +48,10 @@ STATUS_TO_METRIC = {
     "explanations_generated": "trail_explanations_generated_total",
     "explanations_replaced": "trail_explanations_replaced_total",
     "scorer_fallbacks": "trail_scorer_fallbacks_total",
+    "text_vectors_read_in_steps": "trail_text_vectors_read_in_steps_total",
+    "text_vectors_read_ahead": "trail_text_vectors_read_ahead_total",
+    "text_vectors_dropped": "trail_text_vectors_dropped_total",
+    "text_vectors_pending": "trail_text_vectors_pending",
 }
 
 
