@@ -141,6 +141,16 @@ def model_faithfulness(status: dict, records: list[dict]) -> float | None:
     return faithfulness(records)
 
 
+def settled_status(worker, n_records: int, timeout_s: float = 5.0) -> dict:
+    """The worker's status once it counts every record read here as published (its status file is written
+    every second, so a read right after the last record could miss that step's explanation counters)."""
+    try:
+        return worker.wait_for(lambda s: s.get("trends_emitted", 0) >= n_records, timeout_s,
+                               f"{n_records} trend records counted in the status")
+    except (TimeoutError, RuntimeError):
+        return worker.status() or {}
+
+
 def markdown_cell(value: object) -> str:
     """A value as one Markdown table cell: pipes escaped (an item text "Title | genres" would split the
     column) and line breaks flattened (they would end the row)."""
@@ -211,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
                         break
                     if record["window"]["end"] >= final_boundary_ms and len(step) >= args.top_k:
                         break
-            status = worker.status()
+            status = settled_status(worker, len(records))
         finally:
             halt.set()
             if producer.is_alive():
