@@ -75,8 +75,9 @@ def add_parser(subparsers) -> None:
                         help="longest the broker may hold a fetch with nothing new (faust's own 1500 made each hop "
                         "on the embedded broker up to that slow; default %(default)s)")
     parser.add_argument("--batch-drain", action=argparse.BooleanOptionalAction, default=WorkerConfig.batch_drain,
-                        help="one flow-control wait per fetched batch instead of faust's one per message "
-                             "(streams/batch_drain.py; ~2x single-event ingest); --no-batch-drain: faust's loop")
+                        help="one flow-control wait per fetched batch instead of faust's one per message, and "
+                             "clicks handed to their agent as lists, not one event at a time (streams/batch_drain.py; "
+                             "~5x single-event ingest, docs/benchmarks.md); --no-batch-drain: faust's loop")
     parser.add_argument("--idle-flush-s", type=float, default=WorkerConfig.idle_flush_s,
                         help="if > 0, once a partition has had no input for this many seconds and every input "
                         "partition is read to its end, score up to the latest event (readers then declare a "
