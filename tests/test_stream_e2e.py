@@ -43,14 +43,13 @@ def last_step_end(events: list[dict]) -> int:
     return (max(e["ts"] for e in events) // DAY_MS) * DAY_MS
 
 
-@pytest.mark.parametrize("consumer_loop", ["batch-drain", "faust"])
-def test_trend_records_validate_and_counts_equal_a_recount(make_replay, unique_topic, tmp_path, consumer_loop):
-    """Both consumer loops: the batch drain (the default; clicks reach the agent in bulk, streams.batch_drain)
-    and faust's own (`--no-batch-drain`: per-message events through the stream and take_events)."""
+def test_trend_records_validate_and_counts_equal_a_recount(make_replay, unique_topic, tmp_path,
+                                                           consumer_args: tuple[str, ...] = ()):
+    """With the default consumer loop (the batch drain: clicks reach the agent in bulk); test_consumer_loops.py
+    runs it again with faust's own loop."""
     events = make_events(6000, n_items=12, days=35)
     replay = make_replay(unique_topic("e2e"), tmp_path, top_k=12)
-    if consumer_loop == "faust":
-        replay.extra_args = ["--no-batch-drain"]
+    replay.extra_args = list(consumer_args)
     replay.start_worker()
     replay.wait_assigned()
     replay.produce(events)
@@ -210,36 +209,3 @@ def test_workers_joining_and_leaving_mid_stream_keep_every_step_exact(make_repla
     steps = by_step(records)
     assert sorted(steps) == list(range(min(steps), max(steps) + DAY_MS, DAY_MS)), "a step is missing"
     assert_counts_match_recount(steps, events)
-
-
-def committed_messages(replay: Replay) -> int:
-    """Sum over the clicks partitions of the offsets the worker group committed (the topic starts at 0)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": replay.bootstrap, "group.id": replay.name,
-                         "enable.auto.commit": False, "log_level": 2})
-    try:
-        partitions = [TopicPartition(replay.topics["clicks"], p) for p in range(replay.partitions)]
-        return sum(max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=10))
-    finally:
-        consumer.close()
-
-
-@pytest.mark.parametrize("consumer_loop", ["batch-drain", "faust"])
-def test_the_worker_commits_its_input_offsets_up_to_what_it_counted(make_replay, unique_topic, tmp_path,
-                                                                    consumer_loop):
-    """Counts stay exact even without commits (stage 2 skips applied offsets), so this checks the commits
-    themselves: every clicks message acked by the agent (in bulk with the batch drain) gets committed."""
-    events = make_events(3000, n_items=20, days=10, seed=3)
-    replay = make_replay(unique_topic("commit"), tmp_path, top_k=5)
-    if consumer_loop == "faust":
-        replay.extra_args = ["--no-batch-drain"]
-    replay.start_worker()
-    replay.wait_assigned()
-    replay.produce(events, envelope=1)
-    replay.wait_counted(len(events))
-    deadline = time.monotonic() + 60
-    while (committed := committed_messages(replay)) < len(events) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    replay.stop()
-    assert committed == len(events)
