@@ -107,8 +107,7 @@ def create_app(config: WorkerConfig, runtime: ScorerRuntime, internal_keys: Inte
     )
     app.conf.broker_commit_every = 10_000
     pipeline = Pipeline(app, config, runtime, internal_keys)
-    if config.batch_drain:
-        pipeline.click_batches = BulkTopic(config.topics.clicks, config.batch_max_messages)
+    if pipeline.click_batches is not None:
         install_batch_drain(app, pipeline.click_batches)
     app.trail_pipeline = pipeline  # reachable from tests and the status file
 
@@ -116,17 +115,19 @@ def create_app(config: WorkerConfig, runtime: ScorerRuntime, internal_keys: Inte
 
     @app.agent(pipeline.clicks_topic)
     async def count_clicks(stream):
-        if pipeline.click_batches is not None:
-            # the batch drain hands this topic over as lists of messages (streams.batch_drain.BulkTopic)
-            consumer = app.consumer
-            while True:
-                messages = track_live_messages(app, await pipeline.click_batches.take(config.batch_within_s))
-                if messages:
-                    await stop(pipeline.ingest, [(m.partition, m.offset, m.value) for m in messages])
-                    for message in messages:
-                        consumer.ack(message)
-        async for events in stream.take_events(config.batch_max_messages, within=config.batch_within_s):
-            await stop(pipeline.ingest, [(e.message.partition, e.message.offset, e.message.value) for e in events])
+        if pipeline.click_batches is None:   # --no-batch-drain: faust's stream, event by event
+            async for events in stream.take_events(config.batch_max_messages, within=config.batch_within_s):
+                await stop(pipeline.ingest, [(e.message.partition, e.message.offset, e.message.value)
+                                             for e in events])
+            return
+        # the batch drain hands this topic over as lists of messages (streams.batch_drain.BulkTopic)
+        consumer = app.consumer
+        while True:
+            messages = track_live_messages(app, await pipeline.click_batches.take(config.batch_within_s))
+            if messages:
+                await stop(pipeline.ingest, [(m.partition, m.offset, m.value) for m in messages])
+                for message in messages:
+                    consumer.ack(message)
 
     @app.agent(pipeline.deltas_topic)
     async def apply_deltas(stream):
@@ -208,7 +209,8 @@ class Pipeline(StageOne, StageTwo, MergeStep, StatusReporting):
         self.last_step: list[dict] = []   # the latest emitted step's records, for the live page
         self.step_trace = StepTrace()     # when each boundary passed each hop (status file, `trail bench latency`)
         self.stage1_slots: dict[int, int] = {}   # stage 1: per source, the last boundary its sent watermark crossed
-        self.click_batches: BulkTopic | None = None   # with the batch drain: clicks arrive here, not on the stream
+        # with the batch drain, clicks arrive here, not on the agent's stream
+        self.click_batches = BulkTopic(topics.clicks, config.batch_max_messages) if config.batch_drain else None
 
     async def fail_stop(self, body: Callable[..., Awaitable[None]], *args) -> None:
         """Run an agent's body; if it raises, log, write the status and exit at once (nothing acked)."""

@@ -77,7 +77,7 @@ def decode_envelope(payload: list, max_ts_ms: int, min_ts_ms: int = MIN_TS_MS) -
     events: list[ClickEvent] = []
     rejections: list[Rejection] = []
     add = events.append
-    upper_ts_ms = min(max_ts_ms, _MAX_SCHEMA_TS_MS)
+    lower_ts_ms, upper_ts_ms = max(min_ts_ms, 0), min(max_ts_ms, _MAX_SCHEMA_TS_MS)   # the schema's and ours
     for index, item in enumerate(payload):
         # inline fast path for the ordinary event: item_id and ts in range, optionally user_id and event_id as
         # short strings, no other key (stricter than plainly_valid: isprintable() refuses more than control
@@ -85,7 +85,7 @@ def decode_envelope(payload: list, max_ts_ms: int, min_ts_ms: int = MIN_TS_MS) -
         if type(item) is dict:
             item_id, ts_ms = item.get("item_id"), item.get("ts")
             if (type(item_id) is str and type(ts_ms) is int and 0 < len(item_id) <= 256 and item_id.isprintable()
-                    and min_ts_ms <= ts_ms <= upper_ts_ms and ts_ms >= 0):
+                    and lower_ts_ms <= ts_ms <= upper_ts_ms):
                 user_id, event_id = item.get("user_id"), item.get("event_id")
                 if (len(item) == 2 + (user_id is not None) + (event_id is not None)
                         and (user_id is None or (type(user_id) is str and 0 < len(user_id) <= 256))

@@ -42,7 +42,6 @@ class ScoringJob:
     commit: bool = True
 
 
-
 class StageTwo:
     """Stage 2 bodies of `Pipeline`: `apply_batch` (the deltas agent), `due_jobs` and the snapshots."""
 
