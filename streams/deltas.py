@@ -12,13 +12,13 @@ each once (a re-read after a crash is skipped like re-delivered deltas). Pure: n
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import orjson
 
 from models.windows import WindowSpec
-from streams.events import MIN_TS_MS, ClickEvent, Rejection, decode_message
+from streams.events import MIN_TS_MS, ClickEvent, Rejection, decode_message, plain_envelope
 from streams.partitioning import PartitionCache
 
 
@@ -96,7 +96,15 @@ class DeltaRouter:
         """Aggregate messages (source partition, offset, value) into routed deltas."""
         deltas: dict[tuple[int, int], DeltaColumns] = defaultdict(DeltaColumns)
         batch = RoutedBatch(deltas=deltas, watermarks={}, rejections=[])
+        slot_ms = self.spec.slot_ms
         for source, offset, value in messages:
+            plain = plain_envelope(value, max_ts_ms, min_ts_ms)
+            if plain is not None:   # the common envelope: no event ids to drop repeats of, nothing rejected
+                items, ts = plain
+                batch.events += len(items)
+                self._add_counts(deltas, source, offset, Counter(zip(items, [t // slot_ms for t in ts], strict=True)))
+                self._advance_watermark(batch, source, max(ts))
+                continue
             events, rejections = decode_message(value, max_ts_ms, min_ts_ms)
             for rejection in rejections:
                 batch.rejections.append((source, offset, rejection))
@@ -105,11 +113,13 @@ class DeltaRouter:
             batch.events += len(fresh)
             if fresh:
                 self._add_message(deltas, source, offset, fresh)
-                newest = max(event.ts_ms for event in fresh)
-                if newest > self.max_ts_ms.get(source, -1):
-                    self.max_ts_ms[source] = newest
-            batch.watermarks[source] = self.max_ts_ms.get(source, -1)
+            self._advance_watermark(batch, source, max((event.ts_ms for event in fresh), default=-1))
         return batch
+
+    def _advance_watermark(self, batch: RoutedBatch, source: int, newest_ts_ms: int) -> None:
+        if newest_ts_ms > self.max_ts_ms.get(source, -1):
+            self.max_ts_ms[source] = newest_ts_ms
+        batch.watermarks[source] = self.max_ts_ms.get(source, -1)
 
     def _drop_duplicates(self, events: list[ClickEvent]) -> list[ClickEvent]:
         seen = self.recent_ids.seen_before
@@ -129,20 +139,24 @@ class DeltaRouter:
             else:
                 identified.append((item_id, ts_ms // slot_ms, event_id))
         if per_key:
-            keys = list(per_key)
-            by_target: dict[int, tuple[list, list, list]] = {}
-            for (item_id, slot), count, target in zip(keys, per_key.values(),
-                                                      self.partition_of.many([k[0] for k in keys]), strict=True):
-                rows = by_target.get(target)
-                if rows is None:
-                    rows = by_target[target] = ([], [], [])
-                rows[0].append(item_id)
-                rows[1].append(slot)
-                rows[2].append(count)
-            for target, (items, slots, counts) in by_target.items():
-                deltas[(source, target)].extend_aggregated(offset, items, slots, counts)
+            self._add_counts(deltas, source, offset, per_key)
         for item_id, slot, event_id in identified:
             deltas[(source, self.partition_of(item_id))].append(offset, item_id, slot, 1, event_id)
+
+    def _add_counts(self, deltas: dict, source: int, offset: int, per_key: dict[tuple[str, int], int]) -> None:
+        """Aggregated entries of one source message, (item, slot) -> count, each to its item's partition."""
+        keys = list(per_key)
+        by_target: dict[int, tuple[list, list, list]] = {}
+        for (item_id, slot), count, target in zip(keys, per_key.values(),
+                                                  self.partition_of.many([k[0] for k in keys]), strict=True):
+            rows = by_target.get(target)
+            if rows is None:
+                rows = by_target[target] = ([], [], [])
+            rows[0].append(item_id)
+            rows[1].append(slot)
+            rows[2].append(count)
+        for target, (items, slots, counts) in by_target.items():
+            deltas[(source, target)].extend_aggregated(offset, items, slots, counts)
 
 
 class InvalidInternalMessage(ValueError):

@@ -18,8 +18,9 @@ import hashlib
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
+import msgspec
 import orjson
 
 from schemas import CLICK_EVENT_V1, ValidationError, validator
@@ -70,6 +71,43 @@ def decode_message(value: bytes | None, max_ts_ms: int,
     if event is None:
         return [], [Rejection(value, reason, None, code)]
     return [event], []
+
+
+class _PlainClick(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=False):
+    """An event the schema accepts without asking it, for `plain_envelope`: anything else (an event id, another
+    key, a null) fails the compiled decode, and the message takes `decode_message` instead."""
+
+    item_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    ts: int
+    user_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | msgspec.UnsetType = msgspec.UNSET
+    event_type: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | msgspec.UnsetType = msgspec.UNSET
+
+
+_decode_plain_clicks = msgspec.json.Decoder(list[_PlainClick]).decode
+
+
+def plain_envelope(value: bytes | None, max_ts_ms: int,
+                   min_ts_ms: int = MIN_TS_MS) -> tuple[list[str], list[int]] | None:
+    """(item ids, event times) of an envelope whose every event is valid and carries no event id, decoded and
+    checked in one compiled pass (msgspec: ~0.4 us per event against ~2.3 for `orjson.loads` and the checks in
+    Python); None for any other message, which `decode_message` then reads in full and gives the reasons for.
+
+    Never accepts what `decode_message` rejects (tests/test_input_properties.py): a backslash anywhere (an
+    escaped control character in an item id, or any other escape) or a raw DEL byte sends the message to the
+    full check, as does a `ts` outside [min_ts_ms, max_ts_ms] or a float, an unknown key or a null."""
+    if (value is None or value[:1] != b"[" or len(value) > MAX_MESSAGE_BYTES or b"\\" in value
+            or b"\x7f" in value):
+        return None
+    try:
+        clicks = _decode_plain_clicks(value)
+    except (msgspec.MsgspecError, ValueError):   # not JSON, not valid UTF-8, or not a plain event
+        return None
+    if not clicks:
+        return None
+    ts = [click.ts for click in clicks]
+    if min(ts) < max(min_ts_ms, 0) or max(ts) > min(max_ts_ms, _MAX_SCHEMA_TS_MS):
+        return None
+    return [click.item_id for click in clicks], ts
 
 
 def decode_envelope(payload: list, max_ts_ms: int, min_ts_ms: int = MIN_TS_MS) -> tuple[list[ClickEvent],

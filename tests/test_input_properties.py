@@ -31,6 +31,7 @@ from streams.events import (
     decode_envelope,
     decode_message,
     dlq_record,
+    plain_envelope,
     plainly_valid,
     validate_event,
 )
@@ -257,6 +258,62 @@ def test_an_envelope_decodes_each_element_as_the_full_check_would(elements):
             expected_events.append(event)
     assert events == expected_events
     assert [(r.index, r.reason, r.code) for r in rejections] == expected_rejections
+
+
+def assert_plain_envelope_agrees(value: bytes) -> bool:
+    """plain_envelope(value) is None or exactly what decode_message makes of it; True if it was not None."""
+    plain = plain_envelope(value, MAX_TS_MS)
+    if plain is None:
+        return False
+    events, rejections = decode_message(value, MAX_TS_MS)
+    assert rejections == [], value
+    assert all(event.event_id is None for event in events), value
+    assert plain == ([event.item_id for event in events], [event.ts_ms for event in events]), value
+    return True
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(maybe_events | json_values, max_size=6), st.sampled_from(["orjson", "ascii", "spaced"]))
+def test_the_compiled_envelope_path_accepts_only_what_the_full_check_accepts(elements, encoding):
+    """streams.events.plain_envelope (msgspec) against decode_message (orjson + the schema's rules), over
+    envelopes written by different JSON writers (raw UTF-8, escapes for every non-ASCII character, whitespace)."""
+    try:
+        if encoding == "orjson":
+            value = orjson.dumps(elements)
+        else:
+            value = json.dumps(elements, ensure_ascii=encoding == "ascii",
+                               indent=1 if encoding == "spaced" else None).encode()
+    except (TypeError, ValueError):
+        assume(False)
+    assert_plain_envelope_agrees(value)
+
+
+@FAST
+@given(st.lists(st.fixed_dictionaries({"item_id": st.text(alphabet="abcxyz019-_é𝄞", min_size=1, max_size=256),
+                                       "ts": st.integers(MIN_TS_MS, MAX_TS_MS)},
+                                      optional={"user_id": st.text(alphabet="uvw1", min_size=1, max_size=256),
+                                                "event_type": st.sampled_from(["click", "view"])}),
+                min_size=1, max_size=8),
+       st.binary(max_size=3), st.integers(0, 400))
+def test_the_compiled_envelope_path_takes_ordinary_envelopes_and_refuses_their_corruptions(elements, junk, at):
+    value = orjson.dumps(elements)
+    assert assert_plain_envelope_agrees(value)   # ordinary envelopes never miss the fast path
+    assert_plain_envelope_agrees(value[:at] + junk + value[at:])
+    assert_plain_envelope_agrees(value[:at] + value[at + len(junk):])
+
+
+@pytest.mark.parametrize("value", [
+    b'[{"item_id":"a","ts":1764000000000,"ts":1.0}]', b'[{"item_id":"a","ts":1764000000000,"ts":17640000000001}]',
+    rb'[{"item_id":"a\u0000","ts":1764000000000}]', rb'[{"item_id":"a\u007f","ts":1764000000000}]',
+    b'[{"item_id":"a","ts":1764000000000}]', b'[{"item_id":"a","ts":1764000000000,"user_id":null}]',
+    b'[{"item_id":"a","ts":99999999999999999999999}]', b'[{"item_id":"a","ts":1764000000000,"event_id":"e"}]',
+    b'[{"item_id":"a","ts":1764000000000,"extra":1}]', b'[{"item_id":"a","ts":1764000000000}, 1]',
+    b'[{"item_id":"a","ts":946684799999}]', b'[]', b'[{"item_id":"","ts":1764000000000}]',
+    b'[{"item_id":"a","ts":1764000000000,"event_type":""}]',
+])
+def test_the_compiled_envelope_path_leaves_every_edge_to_the_full_check(value):
+    assert plain_envelope(value, MAX_TS_MS) is None
+    assert_plain_envelope_agrees(value)
 
 
 def test_dlq_records_are_split_at_source_offsets_and_decode_to_the_same_records():
