@@ -265,7 +265,10 @@ class Pipeline(StageOne, StageTwo, MergeStep, StatusReporting):
             if job.batch is not None:
                 with metrics.FORECAST_SECONDS.time():
                     forecast, scorer = await self.runtime.forecast(job.batch)
-                candidates = partition_candidates(job.batch, forecast, self.config.top_k, scorer.name)
+                if job.top_k_texts is not None and self.states.get(job.state.partition) is not job.state:
+                    continue  # revoked while forecasting: its catalogue is not this worker's to read any more
+                candidates = partition_candidates(job.batch, forecast, self.config.top_k, scorer.name,
+                                                  job.top_k_texts)
             message = CandidatesMessage(job.boundary, job.state.partition, candidates)
             await self.send_internal(self.config.candidates_topic, message.encode(), 0)
             self.step_trace.mark(job.boundary, "scored")

@@ -24,16 +24,17 @@ from streams.state import Snapshot
 
 
 def features_at(
-    snapshot: Snapshot, boundary: int, spec: WindowSpec, texts_of: Callable[[list[str]], list[str]]
+    snapshot: Snapshot, boundary: int, spec: WindowSpec, texts_of: Callable[[list[str]], list[str]] | None
 ) -> FeatureBatch:
-    """FeatureBatch of the items with at least one event in the window ending at `boundary`."""
+    """FeatureBatch of the items with at least one event in the window ending at `boundary`; their catalogue
+    texts when `texts_of` is given (None: "" for every item, for a scorer that does not read texts)."""
     n_items = len(snapshot.item_ids)
     matrix = bucket_count_matrix(snapshot.item_index, snapshot.slots, snapshot.counts, boundary, spec, n_items)
     last_slot = last_event_slot_matrix(snapshot.item_index, snapshot.slots, boundary, n_items)
     active = np.flatnonzero(matrix.sum(axis=1) > 0)
     item_ids = [snapshot.item_ids[i] for i in active]
     return FeatureBatch(item_ids, matrix[active], last_slot[active], boundary, spec,
-                        texts=texts_of(item_ids))
+                        texts=texts_of(item_ids) if texts_of is not None else [])
 
 
 def top_k_order(item_ids: list[str], forecast: np.ndarray, k: int) -> np.ndarray:
@@ -48,18 +49,22 @@ def top_k_order(item_ids: list[str], forecast: np.ndarray, k: int) -> np.ndarray
     return rows[order[:k]].astype(np.int64)
 
 
-def partition_candidates(batch: FeatureBatch, forecast: np.ndarray, k: int, model: str) -> list[dict]:
-    """The partition's top-k items with what the merge step needs to rank and explain them."""
+def partition_candidates(batch: FeatureBatch, forecast: np.ndarray, k: int, model: str,
+                         texts_of: Callable[[list[str]], list[str]] | None = None) -> list[dict]:
+    """The partition's top-k items with what the merge step needs to rank and explain them; their texts read
+    with `texts_of` when the batch was made without them (`features_at(..., texts_of=None)`)."""
+    rows = top_k_order(batch.item_ids, forecast, k)
+    texts = [batch.texts[i] for i in rows] if texts_of is None else texts_of([batch.item_ids[i] for i in rows])
     return [
         {
             "item_id": batch.item_ids[i],
             "counts": batch.bucket_counts[i].tolist(),
             "last_event_slot": int(batch.last_event_slot[i]),
             "forecast": float(forecast[i]),
-            "text": batch.texts[i],
+            "text": text,
             "model": model,
         }
-        for i in top_k_order(batch.item_ids, forecast, k)
+        for i, text in zip(rows, texts, strict=True)
     ]
 
 

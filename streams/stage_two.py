@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
@@ -34,12 +35,15 @@ class ScoringJob:
 
     `batch` None: a progress report only (nothing to score up to `boundary`, so the merge step need not
     wait for this partition). `commit`: record the boundary as scored once the candidates are sent.
+    `top_k_texts`: the catalogue reader for the top-K's texts when the snapshot did not read every
+    candidate's (a scorer without a model reads no texts; only the records' titles need them).
     """
 
     state: PartitionState
     boundary: int
     batch: FeatureBatch | None
     commit: bool = True
+    top_k_texts: Callable[[list[str]], list[str]] | None = None
 
 
 class StageTwo:
@@ -159,10 +163,13 @@ class StageTwo:
         jobs = []
         boundaries = state.due_boundaries(idle)
         snapshot = state.snapshot() if boundaries else None   # one read of the rings serves every boundary
+        texts_of = self._texts_of(state.partition)
+        # every candidate's text only for a model, which reads them (a sixth of a velocity worker's steps)
+        all_texts = self.runtime.uses_model
         for boundary in boundaries:
-            batch = features_at(snapshot, boundary, self.config.spec, self._texts_of(state.partition))
+            batch = features_at(snapshot, boundary, self.config.spec, texts_of if all_texts else None)
             state.advance(boundary)
-            jobs.append(ScoringJob(state, boundary, batch))
+            jobs.append(ScoringJob(state, boundary, batch, top_k_texts=None if all_texts else texts_of))
         return jobs
 
     def _progress_only(self, state: PartitionState, reach: int | None) -> list[ScoringJob]:

@@ -112,7 +112,8 @@ def test_live_page_renders_the_emitted_top_k(make_replay, tmp_path):
     replay = make_replay("obs-live", tmp_path / "state", top_k=8, extra_args=["--metrics-port", str(port)])
     replay.start_worker()
     replay.wait_assigned()
-    produce_items(KafkaSettings(bootstrap=replay.bootstrap), replay.topics["items"], ml100k_titles(12))
+    titles = ml100k_titles(12)
+    produce_items(KafkaSettings(bootstrap=replay.bootstrap), replay.topics["items"], titles)
     poll(lambda: replay.workers[0].status().get("catalogue_items", 0) >= 12, 60, "catalogue stored")
     replay.produce(make_events(3000, 12, 42))
     steps = by_step(replay.records(idle_exit_s=8.0))
@@ -127,7 +128,7 @@ def test_live_page_renders_the_emitted_top_k(make_replay, tmp_path):
         shutil.copyfile(shot, os.environ["TRAIL_LIVE_SCREENSHOT"])
     assert [(i["rank"], i["item_id"]) for i in items] == [(r["rank"], r["item_id"]) for r in last_step]
     for item, record in zip(items, last_step, strict=True):
-        assert item["title"] == record["title"]
+        assert item["title"] == record["title"] == titles[record["item_id"]]
         assert item["counts"] == record["recent_counts"]
         assert item["forecast"] == pytest.approx(record["predicted_count"])
         assert item["explanation"] == record["explanation"]

@@ -1,4 +1,5 @@
-"""The publishing guard of the scoring step: generated explanations are checked before they go out."""
+"""The scoring step: the publishing guard (generated explanations are checked before they go out) and the
+candidates a partition sends, with their catalogue texts."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from models.features import FeatureBatch
 from models.rationales import rationale
 from models.scoring import VelocityScorer
 from models.windows import WindowSpec
-from streams.scoring_loop import grounded_explanations, trend_records
+from streams.scoring_loop import grounded_explanations, partition_candidates, trend_records
 
 SPEC = WindowSpec(slot_s=86_400, bucket_s=7 * 86_400, n_buckets=4)
 
@@ -39,3 +40,23 @@ def test_baseline_explanations_are_labelled_templates_and_left_alone() -> None:
     texts, sources = grounded_explanations(b, np.array([12.0, 2.0]), np.array([1]), ["anything"], False,
                                            VelocityScorer())
     assert texts == ["anything"] and sources == ["template"]
+
+
+def test_a_batch_made_without_texts_reads_the_texts_of_its_top_k_only() -> None:
+    """A velocity worker's snapshot reads no catalogue texts; its top-K candidates still carry theirs."""
+    counts = np.array([[0, 0, 0, k] for k in range(1, 11)])
+    no_texts = FeatureBatch([f"i{k}" for k in range(1, 11)], counts, np.full(10, 99), 100, SPEC)
+    forecast = VelocityScorer().forecast(no_texts)
+    asked: list[list[str]] = []
+
+    def texts_of(item_ids: list[str]) -> list[str]:
+        asked.append(item_ids)
+        return [f"Title of {item}" for item in item_ids]
+
+    candidates = partition_candidates(no_texts, forecast, 3, "velocity-baseline", texts_of)
+    assert [c["item_id"] for c in candidates] == ["i10", "i9", "i8"]
+    assert asked == [["i10", "i9", "i8"]]
+    assert [c["text"] for c in candidates] == ["Title of i10", "Title of i9", "Title of i8"]
+    with_texts = FeatureBatch(no_texts.item_ids, counts, np.full(10, 99), 100, SPEC,
+                              texts=texts_of(no_texts.item_ids))
+    assert partition_candidates(with_texts, forecast, 3, "velocity-baseline") == candidates
