@@ -26,8 +26,7 @@ class HeavyHitters:
 
     def decay(self, factor: float) -> None:
         """Age every weight (called once per scoring step) so the summary follows recent activity."""
-        for item in self.weights:
-            self.weights[item] *= factor
+        self.weights = {item: weight * factor for item, weight in self.weights.items()}
 
     def _prune(self) -> None:
         names = np.asarray(list(self.weights), dtype=object)

@@ -269,10 +269,12 @@ class PartitionState:
     def _merged_rings(self, items: np.ndarray, slots: np.ndarray, counts: np.ndarray,
                       update: StateUpdate) -> dict[bytes, bytes]:
         """New ring values of every touched item, merged for all items at once (no per-item numpy calls)."""
-        # object dtype: a fixed-width str array would strip trailing NULs and merge distinct ids
-        unique_items, inverse = np.unique(items, return_inverse=True)
-        update.hitter_items = unique_items.tolist()
-        update.hitter_counts = np.bincount(inverse, weights=counts, minlength=len(unique_items))
+        # items numbered in order of first appearance by a dict: np.unique sorts the Python strings (6x slower)
+        item_list = items.tolist()
+        number_of = {item: k for k, item in enumerate(dict.fromkeys(item_list))}
+        inverse = np.fromiter(map(number_of.__getitem__, item_list), dtype=np.int64, count=len(item_list))
+        update.hitter_items = list(number_of)
+        update.hitter_counts = np.bincount(inverse, weights=counts, minlength=len(number_of))
         keys = [RING_PREFIX + item.encode() for item in update.hitter_items]
         old_values = [value or b"" for value in self.db.get(keys)]
         old = decode_ring(b"".join(old_values))

@@ -323,3 +323,37 @@ def test_dlq_records_are_split_at_source_offsets_and_decode_to_the_same_records(
     assert len(messages) > 1 and all(len(m) < 2 * 512 * 1024 for m in messages)
     assert [(o, orjson.dumps(r)) for part in parts for (o, r) in part] == rejected
     assert all(p[-1][0] < q[0][0] for p, q in zip(parts, parts[1:], strict=False))
+
+
+def reference_columns_ok(offsets, items, slots, counts, max_ts_ms) -> bool:
+    """The deltas entry rules, element by element, as a careful reader states them."""
+    return (all(type(o) is int and 0 <= o < 2**53 for o in offsets)
+            and all(b >= a for a, b in zip(offsets, offsets[1:], strict=False))
+            and all(type(i) is str and 1 <= len(i) <= 256 for i in items)
+            and all(type(s) is int and 0 <= s <= max_ts_ms for s in slots)
+            and all(type(c) is int and 1 <= c < 2**31 for c in counts))
+
+
+column_values = st.one_of(st.integers(-2, 3), st.sampled_from([2**31 - 1, 2**31, 2**53 - 1, 2**53, MAX_TS_MS,
+                                                               MAX_TS_MS + 1, True, False, 1.0, None, "a"]),
+                          st.text(max_size=3), st.sampled_from(["x" * 256, "x" * 257, ""]))
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 4).flatmap(lambda n: st.tuples(*(st.lists(column_values, min_size=n, max_size=n)
+                                                       | st.lists(st.integers(0, 5), min_size=n, max_size=n)
+                                                       | st.lists(st.text(min_size=1, max_size=4), min_size=n,
+                                                                  max_size=n)
+                                                       for _ in range(4)))))
+def test_deltas_entries_are_checked_as_a_careful_reader_checks_them(columns):
+    """decode_deltas' whole-column checks (builtins over each column) refuse exactly what a per-element reading
+    of the rules refuses."""
+    offsets, items, slots, counts = columns
+    value = orjson.dumps({"src": 0, "wm": NOW_MS, "o": offsets, "i": items, "s": slots, "c": counts})
+    expected_ok = reference_columns_ok(offsets, items, slots, counts, MAX_TS_MS)
+    try:
+        decode_deltas(value, 4, MAX_TS_MS)
+        ok = True
+    except InvalidInternalMessage:
+        ok = False
+    assert ok == expected_ok, columns
