@@ -100,10 +100,14 @@ class DeltaRouter:
         for source, offset, value in messages:
             plain = plain_envelope(value, max_ts_ms, min_ts_ms)
             if plain is not None:   # the common envelope: no event ids to drop repeats of, nothing rejected
-                items, ts = plain
-                batch.events += len(items)
-                self._add_counts(deltas, source, offset, Counter(zip(items, [t // slot_ms for t in ts], strict=True)))
-                self._advance_watermark(batch, source, max(ts))
+                batch.events += len(plain.item_ids)
+                slot = plain.oldest_ts_ms // slot_ms
+                if slot == plain.newest_ts_ms // slot_ms:   # all in one slot (the usual): count by item alone
+                    self._add_item_counts(deltas, source, offset, Counter(plain.item_ids), slot)
+                else:
+                    self._add_counts(deltas, source, offset,
+                                     Counter(zip(plain.item_ids, [t // slot_ms for t in plain.ts_ms], strict=True)))
+                self._advance_watermark(batch, source, plain.newest_ts_ms)
                 continue
             events, rejections = decode_message(value, max_ts_ms, min_ts_ms)
             for rejection in rejections:
@@ -143,6 +147,19 @@ class DeltaRouter:
         for item_id, slot, event_id in identified:
             deltas[(source, self.partition_of(item_id))].append(offset, item_id, slot, 1, event_id)
 
+    def _add_item_counts(self, deltas: dict, source: int, offset: int, per_item: dict[str, int], slot: int) -> None:
+        """`_add_counts` for entries of one slot: item -> count (no (item, slot) tuple to make and hash)."""
+        items = list(per_item)
+        by_target: dict[int, tuple[list, list]] = {}
+        for item_id, count, target in zip(items, per_item.values(), self.partition_of.many(items), strict=True):
+            rows = by_target.get(target)
+            if rows is None:
+                rows = by_target[target] = ([], [])
+            rows[0].append(item_id)
+            rows[1].append(count)
+        for target, (target_items, counts) in by_target.items():
+            deltas[(source, target)].extend_aggregated(offset, target_items, [slot] * len(counts), counts)
+
     def _add_counts(self, deltas: dict, source: int, offset: int, per_key: dict[tuple[str, int], int]) -> None:
         """Aggregated entries of one source message, (item, slot) -> count, each to its item's partition."""
         keys = list(per_key)
@@ -174,6 +191,8 @@ def encode_deltas(source: int, watermark_ms: int, columns: DeltaColumns | None) 
     whole source messages). `columns` None means a watermark-only message."""
     if columns is None or not columns.offsets:
         return [orjson.dumps({"src": source, "wm": watermark_ms})]
+    if 2 * sum(map(len, columns.items)) + _ENTRY_OVERHEAD_BYTES * len(columns.items) <= MAX_DELTAS_BYTES:
+        return [_encode_part(source, watermark_ms, columns, 0, len(columns.items))]   # the loop would not split
     messages, start, size = [], 0, 0
     for k, item in enumerate(columns.items):
         if size > MAX_DELTAS_BYTES and columns.offsets[k] != columns.offsets[k - 1]:

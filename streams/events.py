@@ -86,9 +86,17 @@ class _PlainClick(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=Fa
 _decode_plain_clicks = msgspec.json.Decoder(list[_PlainClick]).decode
 
 
-def plain_envelope(value: bytes | None, max_ts_ms: int,
-                   min_ts_ms: int = MIN_TS_MS) -> tuple[list[str], list[int]] | None:
-    """(item ids, event times) of an envelope whose every event is valid and carries no event id, decoded and
+class PlainEnvelope(NamedTuple):
+    """The events of a `plain_envelope`, as columns, with their oldest and newest event time."""
+
+    item_ids: list[str]
+    ts_ms: list[int]
+    oldest_ts_ms: int
+    newest_ts_ms: int
+
+
+def plain_envelope(value: bytes | None, max_ts_ms: int, min_ts_ms: int = MIN_TS_MS) -> PlainEnvelope | None:
+    """The events of an envelope whose every event is valid and carries no event id, decoded and
     checked in one compiled pass (msgspec: ~0.4 us per event against ~2.3 for `orjson.loads` and the checks in
     Python); None for any other message, which `decode_message` then reads in full and gives the reasons for.
 
@@ -105,9 +113,10 @@ def plain_envelope(value: bytes | None, max_ts_ms: int,
     if not clicks:
         return None
     ts = [click.ts for click in clicks]
-    if min(ts) < max(min_ts_ms, 0) or max(ts) > min(max_ts_ms, _MAX_SCHEMA_TS_MS):
+    oldest, newest = min(ts), max(ts)
+    if oldest < max(min_ts_ms, 0) or newest > min(max_ts_ms, _MAX_SCHEMA_TS_MS):
         return None
-    return [click.item_id for click in clicks], ts
+    return PlainEnvelope([click.item_id for click in clicks], ts, oldest, newest)
 
 
 def decode_envelope(payload: list, max_ts_ms: int, min_ts_ms: int = MIN_TS_MS) -> tuple[list[ClickEvent],

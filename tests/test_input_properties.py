@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from unittest import mock
 
 import orjson
 import pytest
@@ -268,8 +269,30 @@ def assert_plain_envelope_agrees(value: bytes) -> bool:
     events, rejections = decode_message(value, MAX_TS_MS)
     assert rejections == [], value
     assert all(event.event_id is None for event in events), value
-    assert plain == ([event.item_id for event in events], [event.ts_ms for event in events]), value
+    assert (plain.item_ids, plain.ts_ms) == ([e.item_id for e in events], [e.ts_ms for e in events]), value
+    assert (plain.oldest_ts_ms, plain.newest_ts_ms) == (min(plain.ts_ms), max(plain.ts_ms))
     return True
+
+
+def routed(router: DeltaRouter, messages: list[tuple[int, int, bytes]]) -> tuple[dict, dict, int]:
+    batch = router.route(messages, MAX_TS_MS)
+    deltas = {key: (c.offsets, c.items, c.slots, c.counts, c.event_ids) for key, c in batch.deltas.items() if c.offsets}
+    return deltas, batch.watermarks, batch.events
+
+
+@FAST
+@given(st.lists(st.lists(st.tuples(st.sampled_from(["a", "b", "c", "é", "𝄞", "i1", "i2"]),
+                                   st.integers(NOW_MS - 3 * 3_600_000, NOW_MS)), min_size=1, max_size=12),
+                min_size=1, max_size=6))
+def test_the_router_gives_the_same_deltas_with_and_without_the_compiled_path(envelopes):
+    """Entries (per source message, per target partition, in first-appearance order) and watermarks are the
+    same whether an envelope takes the compiled path (one slot or several) or the full check."""
+    messages = [(k % 2, k, orjson.dumps([{"item_id": item, "ts": ts} for item, ts in envelope]))
+                for k, envelope in enumerate(envelopes)]
+    fast = routed(DeltaRouter(4, SPEC, dedup_capacity=1000), messages)
+    with mock.patch("streams.deltas.plain_envelope", lambda *args: None):
+        full = routed(DeltaRouter(4, SPEC, dedup_capacity=1000), messages)
+    assert fast == full
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
