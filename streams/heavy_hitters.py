@@ -1,13 +1,16 @@
 """A bounded heavy-hitter summary of recent item activity: which items a scoring step considers.
 
-Weights are decayed event counts; the summary keeps at most `capacity` items (it grows to 2x, then
-keeps the heaviest `capacity`, ties by item id, so memory stays flat with millions of items and the
-result does not depend on arrival order within a batch). Pure; no Kafka, no RocksDB here.
+Weights are decayed event counts (a decay scales one shared factor, not every weight); the summary keeps at
+most `capacity` items (it grows to 2x, then keeps the heaviest `capacity`, ties by item id, so memory stays
+flat with millions of items and the result does not depend on arrival order within a batch). Pure; no Kafka,
+no RocksDB here.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+_MIN_SCALE = 1e-150   # below this the stored weights are rescaled (a float reaches ~1e-308)
 
 
 class HeavyHitters:
@@ -15,18 +18,27 @@ class HeavyHitters:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
-        self.weights: dict[str, float] = {}
+        self.weights: dict[str, float] = {}   # an item's weight divided by `scale`
+        self.scale = 1.0                      # decay in O(1): it multiplies this, not every weight
 
     def add(self, items: list[str], counts: list[int] | np.ndarray) -> None:
         weights = self.weights
+        per_count = 1.0 / self.scale
         for item, count in zip(items, counts, strict=True):
-            weights[item] = weights.get(item, 0.0) + float(count)
+            weights[item] = weights.get(item, 0.0) + float(count) * per_count
         if len(weights) > 2 * self.capacity:
             self._prune()
 
     def decay(self, factor: float) -> None:
         """Age every weight (called once per scoring step) so the summary follows recent activity."""
-        self.weights = {item: weight * factor for item, weight in self.weights.items()}
+        self.scale *= factor
+        if self.scale < _MIN_SCALE:
+            self.weights = {item: weight * self.scale for item, weight in self.weights.items()}
+            self.scale = 1.0
+
+    def weight(self, item: str) -> float:
+        """The item's decayed weight (0.0 for an item not in the summary)."""
+        return self.weights.get(item, 0.0) * self.scale
 
     def _prune(self) -> None:
         names = np.asarray(list(self.weights), dtype=object)

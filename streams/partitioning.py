@@ -34,6 +34,12 @@ class PartitionCache:
     def many(self, item_ids: list[str]) -> list[int]:
         """`self(item_id)` for each, in one call (the hot path's per-item method call was a third of its cost)."""
         partitions = list(map(self._cache.get, item_ids))
-        if None in partitions:
-            partitions = [self(item_id) if p is None else p for item_id, p in zip(item_ids, partitions, strict=True)]
+        if None in partitions:   # hash the new ids in one pass, then look every id up again
+            n = self.n_partitions
+            new = {item_id: _librdkafka_murmur2(item_id.encode(), n)
+                   for item_id, p in zip(item_ids, partitions, strict=True) if p is None}
+            if len(self._cache) + len(new) > self.capacity:   # (one call's new ids may overfill it once)
+                self._cache.clear()
+            self._cache.update(new)
+            partitions = list(map(self._cache.get, item_ids))
         return partitions

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import orjson
+import pytest
 import rocksdict
 
 from models.windows import WindowSpec, bucket_count_matrix
@@ -134,6 +135,19 @@ def test_heavy_hitters_keep_the_heaviest_items_within_capacity():
     hitters.decay(0.5)
     hitters.add(["b"] * 3, [4, 4, 4])
     assert hitters.candidates() == ["a", "b", "g"] and len(hitters) == 3
+    assert [hitters.weight(i) for i in ("a", "b", "g", "c")] == [2.5, 12.0, 4.5, 0.0]
+
+
+def test_heavy_hitter_weights_survive_decay_far_past_the_float_range():
+    """Decay scales one factor; the stored weights are rescaled before it underflows, the order unchanged."""
+    from streams.heavy_hitters import HeavyHitters
+
+    hitters = HeavyHitters(capacity=2)
+    for step in range(3000):   # 0.5 ** 3000 is far below the smallest float
+        hitters.decay(0.5)
+        hitters.add(["steady", "rare"] if step % 100 == 0 else ["steady"], [1, 1] if step % 100 == 0 else [1])
+    assert hitters.candidates() == ["rare", "steady"]
+    assert hitters.weight("steady") == pytest.approx(2.0, rel=1e-9) and 0 < hitters.weight("rare") < 1e-20
 
 
 def test_scoring_snapshot_covers_only_candidates_and_survives_a_reload(tmp_path):
