@@ -32,7 +32,7 @@ def features_at(
     matrix = bucket_count_matrix(snapshot.item_index, snapshot.slots, snapshot.counts, boundary, spec, n_items)
     last_slot = last_event_slot_matrix(snapshot.item_index, snapshot.slots, boundary, n_items)
     active = np.flatnonzero(matrix.sum(axis=1) > 0)
-    item_ids = [snapshot.item_ids[i] for i in active]
+    item_ids = list(map(snapshot.item_ids.__getitem__, active.tolist()))   # numpy scalars index slowly
     return FeatureBatch(item_ids, matrix[active], last_slot[active], boundary, spec,
                         texts=texts_of(item_ids) if texts_of is not None else [])
 

@@ -33,6 +33,7 @@ as late. No Kafka I/O here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import compress
 
 import numpy as np
 
@@ -434,12 +435,9 @@ class PartitionState:
     def snapshot(self) -> Snapshot:
         """The rings of the candidate items (the heavy hitters), flattened for vectorised bucketing."""
         names = self.hitters.candidates()
-        item_ids: list[str] = []
-        values: list[bytes] = []
-        for item, value in zip(names, self.db.get([RING_PREFIX + n.encode() for n in names]), strict=True):
-            if value:
-                item_ids.append(item)
-                values.append(value)
+        stored = self.db.get([RING_PREFIX + n.encode() for n in names])
+        item_ids: list[str] = list(compress(names, stored))   # items with a ring (a value is never empty)
+        values: list[bytes] = list(filter(None, stored))
         # one decode of all rings at once: concatenating structured arrays one by one is ~10x slower
         joined = decode_ring(b"".join(values))
         lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values)) // RING_DTYPE.itemsize
