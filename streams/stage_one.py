@@ -10,9 +10,26 @@ from __future__ import annotations
 import asyncio
 import time
 
-from streams.deltas import encode_deltas, encode_idle, encode_rejections, rejections_target
+from streams.deltas import RoutedBatch, encode_deltas, encode_idle, encode_rejections, rejections_target
 from streams.events import dlq_record, latest_acceptable_ts_ms
 from streams.table_store import committed_next_offset
+
+INGEST_CHUNK_BYTES = 1 << 20   # input routed and sent per chunk of about this many bytes (1 MiB)
+
+
+def chunks_of_bytes(messages: list[tuple[int, int, bytes | None]], limit: int
+                    ) -> list[list[tuple[int, int, bytes | None]]]:
+    """Consecutive runs of `messages` (order kept, none empty) whose values add up to about `limit` bytes
+    (a run ends with the message that reaches it)."""
+    chunks, start, size = [], 0, 0
+    for k, (_, _, value) in enumerate(messages):
+        size += len(value) if value else 0
+        if size >= limit:
+            chunks.append(messages[start:k + 1])
+            start, size = k + 1, 0
+    if start < len(messages):
+        chunks.append(messages[start:])
+    return chunks
 
 
 class StageOne:
@@ -25,7 +42,26 @@ class StageOne:
         for source, _, _ in messages:
             self.source_heard_at[source] = now
             self.idle_declared.pop(source, None)
-        batch = self.router.route(messages, latest_acceptable_ts_ms(self.config.max_future_s), self.config.min_ts_ms)
+        max_ts_ms = latest_acceptable_ts_ms(self.config.max_future_s)
+        sends, batches = [], []
+        for chunk in chunks_of_bytes(messages, INGEST_CHUNK_BYTES):
+            batch = self.router.route(chunk, max_ts_ms, self.config.min_ts_ms)
+            sends += await self._send_routed(batch)
+            batches.append(batch)
+            # the producer's sender writes this chunk's deltas (and the consumer thread can fetch them for
+            # stage 2) while the next chunk is routed
+            await asyncio.sleep(0)
+        await asyncio.gather(*sends)
+        for batch in batches:
+            self._trace_crossings(batch.watermarks, read_at)
+            self.counters.events += batch.events
+            self.counters.duplicates += batch.duplicates
+        for source, offset, _ in messages:
+            if offset >= self.source_read_upto.get(source, 0):
+                self.source_read_upto[source] = offset + 1
+
+    async def _send_routed(self, batch: RoutedBatch) -> list[asyncio.Future]:
+        """Send a routed batch's deltas messages, then its DLQ records; the futures of their acks."""
         sends = []
         for source, watermark in batch.watermarks.items():
             for target in range(self.config.partitions):
@@ -36,13 +72,7 @@ class StageOne:
             target = rejections_target(source, self.config.partitions)
             for value in encode_rejections(source, batch.watermarks[source], rejected):
                 sends.append(await self._send_deltas(target, value))
-        await asyncio.gather(*sends)
-        self._trace_crossings(batch.watermarks, read_at)
-        for source, offset, _ in messages:
-            if offset >= self.source_read_upto.get(source, 0):
-                self.source_read_upto[source] = offset + 1
-        self.counters.events += batch.events
-        self.counters.duplicates += batch.duplicates
+        return sends
 
     async def _send_deltas(self, target: int, value: bytes):
         headers = self.internal_keys.headers(self.config.deltas_topic, target, None, value)

@@ -380,3 +380,16 @@ def test_deltas_entries_are_checked_as_a_careful_reader_checks_them(columns):
     except InvalidInternalMessage:
         ok = False
     assert ok == expected_ok, columns
+
+
+@FAST
+@given(st.lists(st.binary(max_size=40) | st.none(), max_size=30), st.integers(1, 100))
+def test_stage_one_chunks_keep_every_message_in_order_and_near_the_byte_limit(values, limit):
+    from streams.stage_one import chunks_of_bytes
+
+    messages = [(k % 3, k, value) for k, value in enumerate(values)]
+    chunks = chunks_of_bytes(messages, limit)
+    assert [m for chunk in chunks for m in chunk] == messages and all(chunks)
+    for chunk in chunks[:-1]:   # every chunk but the last reaches the limit with its last message only
+        sizes = [len(v or b"") for _, _, v in chunk]
+        assert sum(sizes) >= limit > sum(sizes[:-1])
