@@ -6,6 +6,9 @@ item's deltas, so the item's counts, catalogue entry and scoring all live on one
 
 from __future__ import annotations
 
+from itertools import compress, repeat
+from operator import is_
+
 from confluent_kafka import murmur2 as _librdkafka_murmur2
 
 
@@ -34,10 +37,10 @@ class PartitionCache:
     def many(self, item_ids: list[str]) -> list[int]:
         """`self(item_id)` for each, in one call (the hot path's per-item method call was a third of its cost)."""
         partitions = list(map(self._cache.get, item_ids))
-        if None in partitions:   # hash the new ids in one pass, then look every id up again
-            n = self.n_partitions
-            new = {item_id: _librdkafka_murmur2(item_id.encode(), n)
-                   for item_id, p in zip(item_ids, partitions, strict=True) if p is None}
+        if None in partitions:   # hash the new ids in one pass (builtins only), then look every id up again
+            missing = list(compress(item_ids, map(is_, partitions, repeat(None))))
+            new = dict(zip(missing, map(_librdkafka_murmur2, map(str.encode, missing), repeat(self.n_partitions)),
+                           strict=True))
             if len(self._cache) + len(new) > self.capacity:   # (one call's new ids may overfill it once)
                 self._cache.clear()
             self._cache.update(new)

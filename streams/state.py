@@ -293,9 +293,9 @@ class PartitionState:
         merged = np.empty(len(starts), dtype=RING_DTYPE)
         merged["slot"] = all_slots[starts]
         merged["count"] = np.add.reduceat(all_counts, starts) if len(starts) else []
-        bounds = np.searchsorted(all_items[starts], np.arange(len(keys) + 1)) * RING_DTYPE.itemsize
+        bounds = (np.searchsorted(all_items[starts], np.arange(len(keys) + 1)) * RING_DTYPE.itemsize).tolist()
         buffer = merged.tobytes()
-        return {key: buffer[bounds[k]:bounds[k + 1]] for k, key in enumerate(keys)}
+        return {key: buffer[start:stop] for key, start, stop in zip(keys, bounds, bounds[1:], strict=False)}
 
     def oldest_kept_slot(self) -> int:
         """Slots before this can no longer be read by any boundary still to be scored.
