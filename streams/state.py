@@ -33,7 +33,7 @@ as late. No Kafka I/O here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from itertools import compress
+from itertools import chain, compress
 
 import numpy as np
 
@@ -183,7 +183,8 @@ class PartitionState:
             fresh_parts.append(part)
         if not fresh_parts:
             return update
-        items, slots, counts = (np.concatenate([part[k] for part in fresh_parts]) for k in range(3))
+        items = list(chain.from_iterable(part[0] for part in fresh_parts))
+        slots, counts = (np.concatenate([part[k] for part in fresh_parts]) for k in (1, 2))
         next_boundary = self.next_boundary
         if next_boundary is None:
             next_boundary = update.first_boundary
@@ -217,12 +218,16 @@ class PartitionState:
             return None
         update.applied_offsets[source] = int(offsets.max())
         update.writes[self.applied_prefix + str(source).encode()] = str(int(offsets.max())).encode()
-        items = np.asarray(columns.items, dtype=object)[fresh]
-        slots = np.asarray(columns.slots, dtype=np.int64)[fresh]
-        counts = np.asarray(columns.counts, dtype=np.int64)[fresh]
+        # item ids stay a list (an object array cost a conversion each way); all fresh is the usual case
+        everything = bool(fresh.all())
+        items = columns.items if everything else list(compress(columns.items, fresh.tolist()))
+        slots = np.asarray(columns.slots, dtype=np.int64)
+        counts = np.asarray(columns.counts, dtype=np.int64)
+        if not everything:
+            slots, counts = slots[fresh], counts[fresh]
         if columns.event_ids:
             first = self._first_sightings(np.asarray(columns.event_ids, dtype=object)[fresh], slots, update)
-            items, slots, counts = items[first], slots[first], counts[first]
+            items, slots, counts = list(compress(items, first.tolist())), slots[first], counts[first]
         return (items, slots, counts) if len(items) else None
 
     def _first_sightings(self, event_ids: np.ndarray, slots: np.ndarray, update: StateUpdate) -> np.ndarray:
@@ -267,11 +272,10 @@ class PartitionState:
         if update.hitter_counts is not None:
             self.hitters.add(update.hitter_items, update.hitter_counts)
 
-    def _merged_rings(self, items: np.ndarray, slots: np.ndarray, counts: np.ndarray,
+    def _merged_rings(self, item_list: list[str], slots: np.ndarray, counts: np.ndarray,
                       update: StateUpdate) -> dict[bytes, bytes]:
         """New ring values of every touched item, merged for all items at once (no per-item numpy calls)."""
         # items numbered in order of first appearance by a dict: np.unique sorts the Python strings (6x slower)
-        item_list = items.tolist()
         number_of = {item: k for k, item in enumerate(dict.fromkeys(item_list))}
         inverse = np.fromiter(map(number_of.__getitem__, item_list), dtype=np.int64, count=len(item_list))
         update.hitter_items = list(number_of)
