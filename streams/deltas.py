@@ -13,6 +13,7 @@ each once (a re-read after a crash is skipped like re-delivered deltas). Pure: n
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import orjson
@@ -148,32 +149,28 @@ class DeltaRouter:
             deltas[(source, self.partition_of(item_id))].append(offset, item_id, slot, 1, event_id)
 
     def _add_item_counts(self, deltas: dict, source: int, offset: int, per_item: dict[str, int], slot: int) -> None:
-        """`_add_counts` for entries of one slot: item -> count (no (item, slot) tuple to make and hash)."""
+        """Aggregated entries of one source message whose events share one slot: item -> count."""
         items = list(per_item)
-        by_target: dict[int, tuple[list, list]] = {}
-        for item_id, count, target in zip(items, per_item.values(), self.partition_of.many(items), strict=True):
-            rows = by_target.get(target)
-            if rows is None:
-                rows = by_target[target] = ([], [])
-            rows[0].append(item_id)
-            rows[1].append(count)
-        for target, (target_items, counts) in by_target.items():
-            deltas[(source, target)].extend_aggregated(offset, target_items, [slot] * len(counts), counts)
+        self._add_entries(deltas, source, offset, items, [slot] * len(items), per_item.values())
 
     def _add_counts(self, deltas: dict, source: int, offset: int, per_key: dict[tuple[str, int], int]) -> None:
-        """Aggregated entries of one source message, (item, slot) -> count, each to its item's partition."""
+        """Aggregated entries of one source message: (item, slot) -> count."""
         keys = list(per_key)
+        self._add_entries(deltas, source, offset, [k[0] for k in keys], [k[1] for k in keys], per_key.values())
+
+    def _add_entries(self, deltas: dict, source: int, offset: int, items: list[str], slots: list[int],
+                     counts: Iterable[int]) -> None:
+        """Entries of one source message (parallel item, slot, count), each to its item's partition."""
         by_target: dict[int, tuple[list, list, list]] = {}
-        for (item_id, slot), count, target in zip(keys, per_key.values(),
-                                                  self.partition_of.many([k[0] for k in keys]), strict=True):
+        for item_id, slot, count, target in zip(items, slots, counts, self.partition_of.many(items), strict=True):
             rows = by_target.get(target)
             if rows is None:
                 rows = by_target[target] = ([], [], [])
             rows[0].append(item_id)
             rows[1].append(slot)
             rows[2].append(count)
-        for target, (items, slots, counts) in by_target.items():
-            deltas[(source, target)].extend_aggregated(offset, items, slots, counts)
+        for target, (target_items, target_slots, target_counts) in by_target.items():
+            deltas[(source, target)].extend_aggregated(offset, target_items, target_slots, target_counts)
 
 
 class InvalidInternalMessage(ValueError):
