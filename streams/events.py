@@ -114,7 +114,8 @@ def plain_envelope(value: bytes | None, max_ts_ms: int, min_ts_ms: int = MIN_TS_
         return None
     ts = [click.ts for click in clicks]
     oldest, newest = min(ts), max(ts)
-    if oldest < max(min_ts_ms, 0) or newest > min(max_ts_ms, _MAX_SCHEMA_TS_MS):
+    lower_ts_ms, upper_ts_ms = accepted_ts_range(max_ts_ms, min_ts_ms)
+    if oldest < lower_ts_ms or newest > upper_ts_ms:
         return None
     return PlainEnvelope([click.item_id for click in clicks], ts, oldest, newest)
 
@@ -124,7 +125,7 @@ def decode_envelope(payload: list, max_ts_ms: int, min_ts_ms: int = MIN_TS_MS) -
     events: list[ClickEvent] = []
     rejections: list[Rejection] = []
     add = events.append
-    lower_ts_ms, upper_ts_ms = max(min_ts_ms, 0), min(max_ts_ms, _MAX_SCHEMA_TS_MS)   # the schema's and ours
+    lower_ts_ms, upper_ts_ms = accepted_ts_range(max_ts_ms, min_ts_ms)
     for index, item in enumerate(payload):
         # inline fast path for the ordinary event: item_id and ts in range, optionally user_id and event_id as
         # short strings, no other key (stricter than plainly_valid: isprintable() refuses more than control
@@ -145,6 +146,11 @@ def decode_envelope(payload: list, max_ts_ms: int, min_ts_ms: int = MIN_TS_MS) -
         else:
             events.append(event)
     return events, rejections
+
+
+def accepted_ts_range(max_ts_ms: int, min_ts_ms: int = MIN_TS_MS) -> tuple[int, int]:
+    """[lowest, highest] event time an event may carry: the schema's bounds and this worker's, together."""
+    return max(min_ts_ms, 0), min(max_ts_ms, _MAX_SCHEMA_TS_MS)
 
 
 def too_deep(value: bytes, payload: Any) -> bool:

@@ -176,9 +176,11 @@ class StageTwo:
         reach = state.reach_slot(idle)
         if state.next_boundary is None or state.empty_until(reach if reach is not None else -(2**62)) is not None:
             return self._progress_only(state, reach)
-        jobs = []
         boundaries = state.due_boundaries(idle)
-        snapshot = state.snapshot() if boundaries else None   # one read of the rings serves every boundary
+        if not boundaries:
+            return []
+        jobs = []
+        snapshot = state.snapshot()   # one read of the rings serves every boundary
         texts_of = self._texts_of(state.partition)
         # every candidate's text only for a model, which reads them (a sixth of a velocity worker's steps)
         all_texts = self.runtime.uses_model
