@@ -197,6 +197,9 @@ class Pipeline(StageOne, StageTwo, MergeStep, StatusReporting):
         self.states: dict[int, PartitionState] = {}
         self.locks: dict[int, asyncio.Lock] = {}   # one per partition for the process's life: never two owners
         self.last_input_at: dict[int, float] = {}
+        # partitions whose just-applied deltas' due boundaries the deltas agent is about to queue (with their trace
+        # marks): the idle flush leaves those to it
+        self.due_pending: set[int] = set()
         self.source_heard_at: dict[int, float] = {}   # stage 1: last message per input partition (wall clock)
         self.source_read_upto: dict[int, int] = {}    # stage 1: offset after the last message whose deltas are sent
         self.idle_declared: dict[int, float] = {}     # input partitions this worker declared idle, and when
@@ -313,7 +316,7 @@ class Pipeline(StageOne, StageTwo, MergeStep, StatusReporting):
             return  # queued steps mean backpressure (input may be waiting in Kafka), not a quiet stream
         for partition, state in list(self.states.items()):
             async with self.locks[partition]:
-                if self.states.get(partition) is not state:
+                if self.states.get(partition) is not state or partition in self.due_pending:
                     continue
                 quiet_s = time.monotonic() - self.last_input_at.get(partition, time.monotonic())
                 idle = 0 < self.config.idle_flush_s <= quiet_s

@@ -91,12 +91,14 @@ class StageTwo:
             await self.writer.commit(self.counts_table, partition, update.writes)
             state.accept(update)
             self._count(update)
+            self.due_pending.add(partition)   # until queue_due_jobs ran: between the two, the lock is free
         return partition, state, any(idle_end is None for *_, idle_end in parts)
 
     async def queue_due_jobs(self, partition: int, state: PartitionState, had_input: bool, received_at: float
                              ) -> None:
         """Snapshot the boundaries the applied deltas made due and queue their scoring jobs."""
         async with self.locks[partition]:
+            self.due_pending.discard(partition)
             if self.states.get(partition) is not state:
                 return  # revoked since it applied: the new owner scores from the committed boundary
             due = await self.due_jobs(state, idle=False)
