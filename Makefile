@@ -18,9 +18,15 @@ $(BIN)/trail: pyproject.toml
 	$(BIN)/pip install -q --no-deps $(NODEPS_WHEELS) $(BENCH_NODEPS_WHEELS)
 	# S3 emulator for `trail broker --storage s3` (durable embedded broker; keeps data on disk)
 	npm install --silent --no-audit --no-fund --prefix $(VENV)/s3rver s3rver@3.7.1
-	touch $(BIN)/trail
+	touch $(VENV)/.fastpath $(BIN)/trail
 
-install: $(BIN)/trail system-packages
+# stage 1's compiled fast path (streams/_fastpath.c, built in place by the editable install above): rebuilt
+# when its source changes
+$(VENV)/.fastpath: streams/_fastpath.c | $(BIN)/trail
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+install: $(BIN)/trail $(VENV)/.fastpath system-packages
 
 # Prometheus and headless Chromium (Debian packages) for tests/test_observability.py; idempotent
 system-packages:
@@ -40,4 +46,4 @@ demo: install
 	$(BIN)/trail demo
 
 clean:
-	rm -rf $(VENV) artifacts .pytest_cache
+	rm -rf $(VENV) artifacts .pytest_cache streams/_fastpath*.so

@@ -12,14 +12,15 @@ each once (a re-read after a crash is skipped like re-delivered deltas). Pure: n
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import orjson
 
 from models.windows import WindowSpec
-from streams.events import MIN_TS_MS, ClickEvent, Rejection, decode_message, plain_envelope
+from streams._fastpath import count_by_partition
+from streams.events import MIN_TS_MS, ClickEvent, PlainEnvelope, Rejection, decode_message, plain_envelope
 from streams.partitioning import PartitionCache
 
 
@@ -97,17 +98,11 @@ class DeltaRouter:
         """Aggregate messages (source partition, offset, value) into routed deltas."""
         deltas: dict[tuple[int, int], DeltaColumns] = defaultdict(DeltaColumns)
         batch = RoutedBatch(deltas=deltas, watermarks={}, rejections=[])
-        slot_ms = self.spec.slot_ms
         for source, offset, value in messages:
             plain = plain_envelope(value, max_ts_ms, min_ts_ms)
             if plain is not None:   # the common envelope: no event ids to drop repeats of, nothing rejected
                 batch.events += len(plain.item_ids)
-                slot = plain.oldest_ts_ms // slot_ms
-                if slot == plain.newest_ts_ms // slot_ms:   # all in one slot (the usual): count by item alone
-                    self._add_item_counts(deltas, source, offset, Counter(plain.item_ids), slot)
-                else:
-                    self._add_counts(deltas, source, offset,
-                                     Counter(zip(plain.item_ids, [t // slot_ms for t in plain.ts_ms], strict=True)))
+                self._add_plain(deltas, source, offset, plain)
                 self._advance_watermark(batch, source, plain.newest_ts_ms)
                 continue
             events, rejections = decode_message(value, max_ts_ms, min_ts_ms)
@@ -148,10 +143,16 @@ class DeltaRouter:
         for item_id, slot, event_id in identified:
             deltas[(source, self.partition_of(item_id))].append(offset, item_id, slot, 1, event_id)
 
-    def _add_item_counts(self, deltas: dict, source: int, offset: int, per_item: dict[str, int], slot: int) -> None:
-        """Aggregated entries of one source message whose events share one slot: item -> count."""
-        items = list(per_item)
-        self._add_entries(deltas, source, offset, items, [slot] * len(items), per_item.values())
+    def _add_plain(self, deltas: dict, source: int, offset: int, plain: PlainEnvelope) -> None:
+        """Aggregated entries of one plain envelope, counted and split by target in compiled code (what
+        `_add_counts` of its Counter makes, in the same order; tests/test_input_properties.py holds them equal)."""
+        slot_ms = self.spec.slot_ms
+        slot = plain.oldest_ts_ms // slot_ms
+        one_slot = slot if slot == plain.newest_ts_ms // slot_ms else None   # the usual: counted by item alone
+        by_target = count_by_partition(plain.item_ids, plain.ts_ms, slot_ms, one_slot,
+                                       self.partition_of.mapping(), self.n_partitions)
+        for target, (items, slots, counts) in by_target.items():
+            deltas[(source, target)].extend_aggregated(offset, items, slots, counts)
 
     def _add_counts(self, deltas: dict, source: int, offset: int, per_key: dict[tuple[str, int], int]) -> None:
         """Aggregated entries of one source message: (item, slot) -> count."""

@@ -298,7 +298,7 @@ def test_the_router_gives_the_same_deltas_with_and_without_the_compiled_path(env
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(maybe_events | json_values, max_size=6), st.sampled_from(["orjson", "ascii", "spaced"]))
 def test_the_compiled_envelope_path_accepts_only_what_the_full_check_accepts(elements, encoding):
-    """streams.events.plain_envelope (msgspec) against decode_message (orjson + the schema's rules), over
+    """streams.events.plain_envelope (compiled) against decode_message (orjson + the schema's rules), over
     envelopes written by different JSON writers (raw UTF-8, escapes for every non-ASCII character, whitespace)."""
     try:
         if encoding == "orjson":
@@ -337,6 +337,54 @@ def test_the_compiled_envelope_path_takes_ordinary_envelopes_and_refuses_their_c
 def test_the_compiled_envelope_path_leaves_every_edge_to_the_full_check(value):
     assert plain_envelope(value, MAX_TS_MS) is None
     assert_plain_envelope_agrees(value)
+
+
+TS = b"1764000000000"
+
+
+@pytest.mark.parametrize("value", [
+    b'[{"item_id":"a","ts":01764000000000}]', b'[{"item_id":"a","ts":-0}]', b'[{"item_id":"a","ts":1764000000000e0}]',
+    b'[{"item_id":"a","ts":1764000000000.5}]', b'[{"item_id":"a","ts":"1764000000000"}]', b'[{"item_id":"a"}]',
+    b'[{"ts":' + TS + b'}]', b'[{"item_id":"a","item_id":"b","ts":' + TS + b'}]',
+    b'[{"item_id":"a","ts":' + TS + b'},]', b'[{"item_id":"a","ts":' + TS + b'}]x',
+    b'[{"item_id":"a","ts":' + TS + b'}', b'[{"item_id":"a","ts":' + TS + b',}]',
+    b'[{"item_id":"a" "ts":' + TS + b'}]', b'[{"item_id":1,"ts":' + TS + b'}]', b'[{"item_id":["a"],"ts":' + TS + b'}]',
+    b'[{"item_id":"\xff","ts":' + TS + b'}]', b'[{"item_id":"\xed\xa0\x80","ts":' + TS + b'}]',
+    b'[{"item_id":"\xc0\xaf","ts":' + TS + b'}]', b'[{"item_id":"a\x1f","ts":' + TS + b'}]',
+    b'[{"item_id":"' + b"a" * 257 + b'","ts":' + TS + b'}]',
+    b'[{"item_id":"' + "é".encode() * 257 + b'","ts":' + TS + b'}]',
+    b'[{"item_id":"a","ts":' + TS + b',"event_type":"' + b"v" * 65 + b'"}]',
+    b'[{"item_id":"a","ts":' + TS + b',"user_id":""}]', b'[{"item_id":"a","ts":' + TS + b',"user_id":7}]',
+    b'[{"item_id":"a","ts":' + TS + b',"Item_id":"b"}]', b'[{"item_id":"a","ts":' + TS + b'}][]',
+    b'[{"item_id":"a","ts":1000000000000000000}]', b'[{"item_id":"a","ts":9223372036854775808}]',
+    b'[[{"item_id":"a","ts":' + TS + b'}]]', b'[{}]', b'[ ]', b'[{"item_id":"a","ts":' + TS + b'}]\x00',
+])
+def test_the_scanner_leaves_these_to_the_full_check(value):
+    assert plain_envelope(value, MAX_TS_MS) is None
+    assert_plain_envelope_agrees(value)
+
+
+@pytest.mark.parametrize("value", [
+    b' [ { "item_id" : "a" , "ts" : ' + TS + b' } ,\n\t{"ts":' + TS + b',"item_id":"b"} ] \r\n',
+    b'[{"event_type":"' + b"v" * 64 + b'","user_id":"' + "é".encode() * 256
+    + b'","ts":' + TS + b',"item_id":"' + "𝄞".encode() * 256 + b'"}]',
+    b'[{"item_id":"a","ts":946684800000}]', b'[{"item_id":"/ \xe2\x80\xa8 <>","ts":' + TS + b'}]',
+])
+def test_the_scanner_takes_plain_envelopes_however_they_are_written(value):
+    assert assert_plain_envelope_agrees(value)
+
+
+@FAST
+@given(st.lists(st.fixed_dictionaries({"item_id": st.text(min_size=1, max_size=5), "ts": st.integers(MIN_TS_MS,
+                                                                                                    MAX_TS_MS)}),
+                min_size=1, max_size=4), st.integers(0, 10_000))
+def test_every_truncation_and_byte_flip_of_an_envelope_is_never_taken_wrongly(elements, seed):
+    value = orjson.dumps(elements)
+    for cut in range(len(value)):
+        assert_plain_envelope_agrees(value[:cut])
+    at = seed % len(value)
+    for byte in (0x00, 0x22, 0x2c, 0x5c, 0x7b, 0x7d, 0x7f, 0x80, 0xff, seed % 256):
+        assert_plain_envelope_agrees(value[:at] + bytes([byte]) + value[at + 1:])
 
 
 def test_dlq_records_are_split_at_source_offsets_and_decode_to_the_same_records():
