@@ -34,13 +34,6 @@ class PartitionCache:
             partition = self._cache[item_id] = partition_for(item_id.encode(), self.n_partitions)
         return partition
 
-    def mapping(self) -> dict[str, int]:
-        """The id -> partition dict itself (emptied first when full), for compiled code that fills it with
-        `partition_for`'s values (`streams._fastpath.count_by_partition`)."""
-        if len(self._cache) >= self.capacity:
-            self._cache.clear()
-        return self._cache
-
     def many(self, item_ids: list[str]) -> list[int]:
         """`self(item_id)` for each, in one call (the hot path's per-item method call was a third of its cost)."""
         partitions = list(map(self._cache.get, item_ids))

@@ -282,17 +282,33 @@ def routed(router: DeltaRouter, messages: list[tuple[int, int, bytes]]) -> tuple
 
 @FAST
 @given(st.lists(st.lists(st.tuples(st.sampled_from(["a", "b", "c", "é", "𝄞", "i1", "i2"]),
-                                   st.integers(NOW_MS - 3 * 3_600_000, NOW_MS)), min_size=1, max_size=12),
+                                   st.integers(NOW_MS - 3 * 3_600_000, NOW_MS)
+                                   | st.integers(NOW_MS - 40 * 3_600_000, NOW_MS)), min_size=1, max_size=30),
                 min_size=1, max_size=6))
 def test_the_router_gives_the_same_deltas_with_and_without_the_compiled_path(envelopes):
     """Entries (per source message, per target partition, in first-appearance order) and watermarks are the
-    same whether an envelope takes the compiled path (one slot or several) or the full check."""
+    same whether an envelope takes the compiled path (one slot, several, or more than it groups) or the full
+    check."""
     messages = [(k % 2, k, orjson.dumps([{"item_id": item, "ts": ts} for item, ts in envelope]))
                 for k, envelope in enumerate(envelopes)]
     fast = routed(DeltaRouter(4, SPEC, dedup_capacity=1000), messages)
     with mock.patch("streams.deltas.plain_envelope", lambda *args: None):
         full = routed(DeltaRouter(4, SPEC, dedup_capacity=1000), messages)
     assert fast == full
+
+
+@pytest.mark.parametrize("n_slots", [16, 17, 40])
+def test_an_envelope_over_many_slots_gives_the_same_deltas_as_the_full_check(n_slots):
+    """Past 16 distinct slots in one envelope, the compiled counting leaves it to Counter in Python."""
+    envelope = [{"item_id": f"i{k % 5}", "ts": NOW_MS - (k * 7919 % n_slots) * 3_600_000} for k in range(3 * n_slots)]
+    messages = [(0, 3, orjson.dumps(envelope)), (1, 4, orjson.dumps(envelope[::-1]))]
+    fast = routed(DeltaRouter(4, SPEC, dedup_capacity=1000), messages)
+    with mock.patch("streams.deltas.plain_envelope", lambda *args: None):
+        full = routed(DeltaRouter(4, SPEC, dedup_capacity=1000), messages)
+    assert fast == full
+    pairs = {(event["item_id"], event["ts"] // SPEC.slot_ms) for event in envelope}
+    assert len({slot for _, slot in pairs}) == n_slots
+    assert sum(len(entries[1]) for entries in fast[0].values()) == 2 * len(pairs)
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -53,32 +53,23 @@ def reference_count_by_partition(item_ids: list[str], ts_ms: list[int], slot_ms:
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["a", "b", "é", "𝄞x", "i1", "i2", "a" * 300, "\x00"]) | st.text(max_size=6),
-                          st.integers(-10**13, 10**13)), max_size=40),
-       st.sampled_from([1, 7, 1000, 3_600_000]), st.integers(1, 64), st.booleans())
-def test_count_by_partition_is_counter_then_split_by_partition(events, slot_ms, n_partitions, warm):
+                          st.integers(-10**13, 10**13) | st.integers(0, 40)), max_size=40),
+       st.sampled_from([1, 7, 1000, 3_600_000]), st.integers(1, 64))
+def test_count_by_partition_is_counter_then_split_by_partition(events, slot_ms, n_partitions):
     item_ids, ts_ms = [item for item, _ in events], [ts for _, ts in events]
-    cache = {item: reference_partition(item.encode(), n_partitions) for item in item_ids[::2]} if warm else {}
-    expected = reference_count_by_partition(item_ids, ts_ms, slot_ms, n_partitions)
-    assert count_by_partition(item_ids, ts_ms, slot_ms, None, cache, n_partitions) == expected
-    assert cache == {item: reference_partition(item.encode(), n_partitions) for item in item_ids}
-    slots = {t // slot_ms for t in ts_ms}
-    if len(slots) == 1:   # the one-slot form counts by item alone and gives the same
-        assert count_by_partition(item_ids, ts_ms, slot_ms, slots.pop(), {}, n_partitions) == expected
+    counted = count_by_partition(item_ids, ts_ms, slot_ms, n_partitions)
+    if len({t // slot_ms for t in ts_ms}) > 16:
+        assert counted is None   # left to Counter in Python
+    else:
+        assert counted == reference_count_by_partition(item_ids, ts_ms, slot_ms, n_partitions)
 
 
 def test_count_by_partition_refuses_what_it_cannot_count():
     with pytest.raises(TypeError):
-        count_by_partition(["a", 1], [0, 0], 10, None, {}, 4)
+        count_by_partition(["a", 1], [0, 0], 10, 4)
     with pytest.raises(ValueError):
-        count_by_partition(["a"], [0, 0], 10, None, {}, 4)
+        count_by_partition(["a"], [0, 0], 10, 4)
     with pytest.raises(ValueError):
-        count_by_partition(["a"], [0], 0, None, {}, 4)
+        count_by_partition(["a"], [0], 0, 4)
     with pytest.raises(TypeError):
-        count_by_partition(["a"], [1.5], 10, None, {}, 4)
-
-
-def test_the_cache_mapping_is_emptied_when_full():
-    cache = PartitionCache(4, capacity=3)
-    count_by_partition(["a", "b", "c", "d"], [0] * 4, 10, 0, cache.mapping(), 4)
-    assert len(cache.mapping()) == 0   # full (4 >= 3): emptied before compiled code fills it again
-    assert cache("a") == reference_partition(b"a", 4)
+        count_by_partition(["a"], [1.5], 10, 4)
