@@ -498,7 +498,12 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "streams._fastpath",
-                                    "Stage 1's per-event work for plain envelopes, compiled.", -1, methods};
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "streams._fastpath",
+    .m_doc = "The worker's per-event and per-entry work, compiled: envelope scanning, counting, column checks.",
+    .m_size = -1,
+    .m_methods = methods,
+};
 
 PyMODINIT_FUNC PyInit__fastpath(void) { return PyModule_Create(&module); }

@@ -14,6 +14,7 @@ BENCH_MODULES = {
     "recovery": "streams.bench_recovery",
     "peer": "streams.bench_peer",
     "latency": "streams.bench_latency",
+    "route": "streams.bench_route",
 }
 
 
