@@ -20,8 +20,8 @@ $(BIN)/trail: pyproject.toml
 	npm install --silent --no-audit --no-fund --prefix $(VENV)/s3rver s3rver@3.7.1
 	touch $(VENV)/.fastpath $(BIN)/trail
 
-# stage 1's compiled fast path (streams/_fastpath.c, built in place by the editable install above): rebuilt
-# when its source changes
+# the worker's compiled fast path (streams/_fastpath.c, built in place by the editable install above):
+# rebuilt when its source changes
 $(VENV)/.fastpath: streams/_fastpath.c | $(BIN)/trail
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
