@@ -9,13 +9,14 @@ from __future__ import annotations
 from itertools import compress, repeat
 from operator import is_
 
-from confluent_kafka import murmur2 as _librdkafka_murmur2
+from streams._fastpath import murmur2_partition
 
 
 def partition_for(key: bytes, n_partitions: int) -> int:
-    """librdkafka's Java-compatible murmur2 partitioner: ~0.12 us a call against ~2.8 us for kafka-python's pure
-    Python one, which tests/test_partitioning.py holds it to."""
-    return _librdkafka_murmur2(key, n_partitions)
+    """The Java clients' murmur2 partitioner, in C: the same function stage 1's compiled counting routes with
+    (`count_by_partition`), ~20x faster than kafka-python's pure Python one, which tests/test_partitioning.py
+    holds it to."""
+    return murmur2_partition(key, n_partitions)
 
 
 class PartitionCache:
@@ -39,7 +40,7 @@ class PartitionCache:
         partitions = list(map(self._cache.get, item_ids))
         if None in partitions:   # hash the new ids in one pass (builtins only), then look every id up again
             missing = list(compress(item_ids, map(is_, partitions, repeat(None))))
-            new = dict(zip(missing, map(_librdkafka_murmur2, map(str.encode, missing), repeat(self.n_partitions)),
+            new = dict(zip(missing, map(murmur2_partition, map(str.encode, missing), repeat(self.n_partitions)),
                            strict=True))
             if len(self._cache) + len(new) > self.capacity:   # (one call's new ids may overfill it once)
                 self._cache.clear()
