@@ -4,7 +4,7 @@ Owns these functions, each the compiled twin of Python code that tests hold it t
 
 - scan_plain_envelope(value, lower_ts_ms, upper_ts_ms): the events of an envelope whose every event is plain
   (keys item_id, ts and optionally user_id, event_type; strings without escapes; ts a JSON integer in range),
-  as (item_ids, ts_ms, oldest, newest); None for anything else, which `streams.events.decode_message` then
+  as (item_ids, ts_ms, newest); None for anything else, which `streams.events.decode_message` then
   reads in full and gives the reasons for. It never accepts what decode_message rejects: when in doubt, None.
 - count_by_partition(item_ids, ts_ms, slot_ms, n_partitions): the events counted per (item, slot) and
   split by the item's partition, {target: (items, slots, counts)}, each target's entries in order of first
@@ -219,7 +219,7 @@ static PyObject *scan_plain_envelope(PyObject *self, PyObject *const *args, Py_s
                 (const unsigned char *)PyBytes_AS_STRING(args[0]) + PyBytes_GET_SIZE(args[0])};
     PyObject *items = PyList_New(0), *stamps = PyList_New(0);
     if (items == NULL || stamps == NULL) goto error;
-    long long oldest = 0, newest = 0;
+    long long newest = 0;
     skip_ws(&c);
     if (!take_char(&c, '[')) goto none;
     for (;;) {
@@ -235,7 +235,6 @@ static PyObject *scan_plain_envelope(PyObject *self, PyObject *const *args, Py_s
         failed = PyList_Append(stamps, stamp);
         Py_DECREF(stamp);
         if (failed) goto error;
-        if (PyList_GET_SIZE(stamps) == 1 || ts < oldest) oldest = ts;
         if (PyList_GET_SIZE(stamps) == 1 || ts > newest) newest = ts;
         skip_ws(&c);
         if (take_char(&c, ',')) continue;
@@ -244,7 +243,7 @@ static PyObject *scan_plain_envelope(PyObject *self, PyObject *const *args, Py_s
     }
     skip_ws(&c);
     if (c.p != c.end) goto none;
-    return Py_BuildValue("(NNLL)", items, stamps, oldest, newest);
+    return Py_BuildValue("(NNL)", items, stamps, newest);
 none:
     Py_XDECREF(items);
     Py_XDECREF(stamps);
@@ -486,7 +485,7 @@ static PyObject *str_column_within(PyObject *self, PyObject *const *args, Py_ssi
 
 static PyMethodDef methods[] = {
     {"scan_plain_envelope", (PyCFunction)(void (*)(void))scan_plain_envelope, METH_FASTCALL,
-     "(item_ids, ts_ms, oldest, newest) of an envelope of plain events, or None."},
+     "(item_ids, ts_ms, newest) of an envelope of plain events, or None."},
     {"count_by_partition", (PyCFunction)(void (*)(void))count_by_partition, METH_FASTCALL,
      "{target: (items, slots, counts)}: events counted per (item, slot), split by the item's partition."},
     {"int_column_within", (PyCFunction)(void (*)(void))int_column_within, METH_FASTCALL,

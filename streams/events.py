@@ -74,11 +74,10 @@ def decode_message(value: bytes | None, max_ts_ms: int,
 
 
 class PlainEnvelope(NamedTuple):
-    """The events of a `plain_envelope`, as columns, with their oldest and newest event time."""
+    """The events of a `plain_envelope`, as columns, with their newest event time (the watermark's input)."""
 
     item_ids: list[str]
     ts_ms: list[int]
-    oldest_ts_ms: int
     newest_ts_ms: int
 
 
